@@ -1,0 +1,246 @@
+"""The storescp-compatible command line, generated from the settings table."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+from typing import Any, NoReturn, Sequence
+
+from . import __version__
+from .config import (
+    BY_NAME,
+    NOT_YET,
+    SETTINGS,
+    ConfigError,
+    Config,
+    Flag,
+    Setting,
+    build,
+    load_toml,
+    to_toml,
+    unsupported_in_use,
+)
+
+PROG = "storescpd"
+EXIT_OK = 0
+EXIT_USAGE = 1  # DCMTK's command line errors exit with 1
+EXIT_CONFIG = 1
+
+
+class UsageError(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(message)
+
+
+class _StoreTagged(argparse.Action):
+    """A value option whose flag carries a tag: stores ``[tag, *values]`` (e.g. -ss/-su)."""
+
+    def __call__(self, parser: Any, namespace: Any, values: Any, option_string: Any = None) -> None:
+        values = values if isinstance(values, list) else [values]
+        setattr(namespace, self.dest, [self.const, *values])
+
+
+class _Append(argparse.Action):
+    def __call__(self, parser: Any, namespace: Any, values: Any, option_string: Any = None) -> None:
+        current = list(getattr(namespace, self.dest, None) or [])
+        current.append(values)
+        setattr(namespace, self.dest, current)
+
+
+def _convert(setting: Setting, raw: str, spelling: str) -> Any:
+    if setting.type is int:
+        try:
+            return int(raw)
+        except ValueError:
+            raise UsageError(f"invalid value for {spelling}: '{raw}' is not an integer") from None
+    return raw
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog=PROG, prefix_chars="-+", add_help=False, allow_abbrev=False)
+    for setting in SETTINGS:
+        for flag in setting.flags:
+            _add_flag(parser, setting, flag)
+    parser.add_argument("-h", "--help", action="store_true", dest="_help")
+    parser.add_argument("--version", action="store_true", dest="_version")
+    parser.add_argument("--arguments", action="store_true", dest="_arguments")
+    parser.add_argument("--config", dest="_config", metavar="FILE")
+    parser.add_argument("--check-config", action="store_true", dest="_check_config")
+    parser.add_argument("--print-config", action="store_true", dest="_print_config")
+    parser.add_argument("port", nargs="?", default=argparse.SUPPRESS)
+    return parser
+
+
+def _add_flag(parser: argparse.ArgumentParser, setting: Setting, flag: Flag) -> None:
+    common: dict[str, Any] = {"dest": setting.name, "default": argparse.SUPPRESS}
+    if flag.nargs == 0:
+        parser.add_argument(*flag.spellings, action="store_const", const=flag.const, **common)
+    elif setting.type is list and setting.name.startswith("tls_") and flag.nargs == 1:
+        parser.add_argument(*flag.spellings, action=_Append, **common)
+    elif flag.const is not None:
+        parser.add_argument(*flag.spellings, action=_StoreTagged, const=flag.const,
+                            nargs=flag.nargs if flag.nargs > 1 else None, **common)
+    elif flag.nargs > 1:
+        parser.add_argument(*flag.spellings, nargs=flag.nargs, **common)
+    else:
+        parser.add_argument(*flag.spellings, **common)
+
+
+def expand_command_files(argv: Sequence[str]) -> list[str]:
+    """Replace each ``@file`` argument by the file's words (double quotes group words)."""
+    out: list[str] = []
+    for arg in argv:
+        if arg.startswith("@") and len(arg) > 1:
+            try:
+                with open(arg[1:], encoding="utf-8") as fh:
+                    text = fh.read()
+            except OSError as exc:
+                raise UsageError(f"cannot open command file '{arg[1:]}': {exc.strerror}") from None
+            for quoted, word in re.findall(r'"([^"]*)"|(\S+)', text):
+                if word.startswith("@"):
+                    raise UsageError(f"command file '{arg[1:]}' cannot contain another command file ({word})")
+                out.append(quoted if word == "" else word)
+        else:
+            out.append(arg)
+    return out
+
+
+def parse(argv: Sequence[str]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Return (setting values given on the command line, storescpd's own control options)."""
+    ns = vars(make_parser().parse_args(list(argv)))
+    control = {k: ns.pop(k) for k in list(ns) if k.startswith("_")}
+    values: dict[str, Any] = {}
+    for name, raw in ns.items():
+        if name == "port":
+            values["port"] = _convert(BY_NAME["port"], raw, "port")
+            continue
+        setting = BY_NAME[name]
+        values[name] = _convert_value(setting, raw)
+    return values, control
+
+
+def _convert_value(setting: Setting, raw: Any) -> Any:
+    spelling = setting.flags[0].spellings[-1] if setting.flags else setting.name
+    if isinstance(raw, str):
+        return _convert(setting, raw, spelling)
+    if isinstance(raw, list) and setting.name == "padding":
+        return [_convert(BY_NAME["compression_level"], r, spelling) for r in raw]
+    return raw
+
+
+def help_text() -> str:
+    lines = [
+        f"{PROG}: DICOM storage (C-STORE) SCP daemon, a drop-in for DCMTK's storescp",
+        f"usage: {PROG} [options] [port]",
+        "",
+        "parameters:",
+        "  port      tcp/ip port number to listen on",
+        "            (this parameter is required unless the --inetd option is specified)",
+        "",
+        "general options:",
+        "  -h    --help                 print this help text and exit",
+        "        --version              print version information and exit",
+        "        --arguments            print expanded command line arguments",
+        "        --config  [f]ilename   read settings from TOML file f (command line overrides it)",
+        "        --check-config         validate the configuration, print the verdict and exit",
+        "        --print-config         print the effective configuration as TOML and exit",
+    ]
+    group = None
+    subgroup = None
+    for setting in SETTINGS:
+        for flag in setting.flags:
+            if setting.group != group:
+                group = setting.group
+                subgroup = None
+                if group != "general options":
+                    lines.extend(["", f"{group}:"])
+            if flag.subgroup and flag.subgroup != subgroup:
+                subgroup = flag.subgroup
+                lines.append(f"  {subgroup}")
+            lines.extend(_flag_help(flag))
+    return "\n".join(lines) + "\n"
+
+
+def _flag_help(flag: Flag) -> list[str]:
+    indent = "    " if flag.subgroup else "  "
+    head = f"{indent}{flag.short or '':<6}{flag.long or ''}"
+    if flag.metavar:
+        head += "  " + " ".join(flag.metavar)
+    text = flag.help.split("\n")
+    if flag.status == NOT_YET:
+        text[-1] += "  [not supported yet]"
+    return [head] + [f"{indent}        {t}" for t in text]
+
+
+def version_text() -> str:
+    import pydicom
+    import pynetdicom
+
+    return (
+        f"{PROG} v{__version__}\n"
+        f"(DCMTK storescp 3.6.7 command line compatible)\n"
+        f"libraries: pynetdicom {pynetdicom.__version__}, pydicom {pydicom.__version__}, "
+        f"Python {sys.version.split()[0]}\n"
+    )
+
+
+def load_config(argv: Sequence[str]) -> tuple[Config, dict[str, Any]]:
+    """The effective configuration for a command line (reads --config if given)."""
+    args = expand_command_files(argv)
+    cli_values, control = parse(args)
+    control["_expanded"] = args
+    file_values = load_toml(control["_config"]) if control.get("_config") else {}
+    if control.get("_help") or control.get("_version") or control.get("_arguments"):
+        return Config({}), control
+    unsupported = unsupported_in_use({**file_values, **cli_values})
+    if unsupported:
+        raise ConfigError(
+            "option not supported yet by this version of storescpd: "
+            + ", ".join(unsupported)
+            + " (remove it; see docs/options.md for the status of every option)"
+        )
+    return build(file_values, cli_values, control.get("_config")), control
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        config, control = load_config(argv)
+    except UsageError as exc:
+        sys.stderr.write(f"{PROG}: {exc}\nType '{PROG} -h' for the options.\n")
+        return EXIT_USAGE
+    except ConfigError as exc:
+        sys.stderr.write(f"{PROG}: {exc}\n")
+        return EXIT_CONFIG
+    if control.get("_help"):
+        sys.stdout.write(help_text())
+        return EXIT_OK
+    if control.get("_version"):
+        sys.stdout.write(version_text())
+        return EXIT_OK
+    if control.get("_arguments"):
+        expanded = control["_expanded"]
+        sys.stderr.write(f"expanded command line to {len(expanded)} arguments:\n")
+        sys.stderr.write("".join(f"{a}\n" for a in expanded))
+        return EXIT_OK
+    if control.get("_check_config"):
+        sys.stdout.write(f"configuration OK{' (' + config.source_file + ')' if config.source_file else ''}\n")
+        return EXIT_OK
+    if control.get("_print_config"):
+        sys.stdout.write(to_toml(config))
+        return EXIT_OK
+    from .logs import setup_logging
+    from .run import run
+
+    setup_logging(config.log_level)
+    return run(config, argv)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,810 @@
+"""The settings table: every setting declared once.
+
+The storescp-compatible command line (cli.py), the TOML file, ``--print-config``,
+``--check-config`` and docs/options.md are all generated from ``SETTINGS``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shlex
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+SUPPORTED = "supported"
+NOT_YET = "not supported yet"
+
+
+class ConfigError(ValueError):
+    """A configuration a person must fix; the message says what and how."""
+
+
+@dataclass(frozen=True)
+class Flag:
+    """One command-line spelling pair of a setting (e.g. ``+xa`` / ``--accept-all``).
+
+    ``const`` is what the flag stores when it takes no value; ``nargs`` > 0 means it
+    takes that many values (``metavar`` names them as the manual does).
+    """
+
+    short: str | None
+    long: str | None
+    help: str
+    const: Any = None
+    nargs: int = 0
+    metavar: tuple[str, ...] = ()
+    status: str = SUPPORTED
+    subgroup: str = ""
+
+    @property
+    def spellings(self) -> tuple[str, ...]:
+        return tuple(s for s in (self.short, self.long) if s)
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    default: Any
+    help: str
+    group: str
+    flags: tuple[Flag, ...] = ()
+    type: type = str
+    choices: tuple[Any, ...] | None = None
+    reloadable: bool = True
+    in_file: bool = True
+    minimum: int | None = None
+    maximum: int | None = None
+    check: Callable[[Any], str | None] | None = None
+
+
+def _flag(short: str | None, long: str | None, help: str, **kw: Any) -> Flag:
+    return Flag(short, long, help, **kw)
+
+
+def _value(short: str | None, long: str | None, metavar: str, help: str, **kw: Any) -> Flag:
+    return Flag(short, long, help, nargs=1, metavar=(metavar,), **kw)
+
+
+G_GENERAL = "general options"
+G_MULTI = "multi-process options"
+G_NETWORK = "network options"
+G_TLS = "transport layer security (TLS) options"
+G_OUTPUT = "output options"
+G_EVENT = "event options"
+G_DAEMON = "daemon options (storescpd)"
+
+# Transfer-syntax preference blocks of the manual, in manual order.
+PREFER = "preferred network transfer syntaxes (not with --config-file)"
+PREFERENCES: tuple[tuple[str, str, str, str], ...] = (
+    ("+x=", "--prefer-uncompr", "uncompressed", "prefer explicit VR local byte order (default)"),
+    ("+xe", "--prefer-little", "little", "prefer explicit VR little endian TS"),
+    ("+xb", "--prefer-big", "big", "prefer explicit VR big endian TS"),
+    ("+xs", "--prefer-lossless", "lossless", "prefer default JPEG lossless TS"),
+    ("+xy", "--prefer-jpeg8", "jpeg8", "prefer default JPEG lossy TS for 8 bit data"),
+    ("+xx", "--prefer-jpeg12", "jpeg12", "prefer default JPEG lossy TS for 12 bit data"),
+    ("+xv", "--prefer-j2k-lossless", "j2k-lossless", "prefer JPEG 2000 lossless TS"),
+    ("+xw", "--prefer-j2k-lossy", "j2k-lossy", "prefer JPEG 2000 lossy TS"),
+    ("+xt", "--prefer-jls-lossless", "jls-lossless", "prefer JPEG-LS lossless TS"),
+    ("+xu", "--prefer-jls-lossy", "jls-lossy", "prefer JPEG-LS lossy TS"),
+    ("+xm", "--prefer-mpeg2", "mpeg2", "prefer MPEG2 Main Profile @ Main Level TS"),
+    ("+xh", "--prefer-mpeg2-high", "mpeg2-high", "prefer MPEG2 Main Profile @ High Level TS"),
+    ("+xn", "--prefer-mpeg4", "mpeg4", "prefer MPEG4 AVC/H.264 High Profile / Level 4.1 TS"),
+    ("+xl", "--prefer-mpeg4-bd", "mpeg4-bd", "prefer MPEG4 AVC/H.264 BD-compatible HP / Level 4.1 TS"),
+    ("+x2", "--prefer-mpeg4-2-2d", "mpeg4-2-2d", "prefer MPEG4 AVC/H.264 HP / Level 4.2 TS for 2D Videos"),
+    ("+x3", "--prefer-mpeg4-2-3d", "mpeg4-2-3d", "prefer MPEG4 AVC/H.264 HP / Level 4.2 TS for 3D Videos"),
+    ("+xo", "--prefer-mpeg4-2-st", "mpeg4-2-st", "prefer MPEG4 AVC/H.264 Stereo HP / Level 4.2 TS"),
+    ("+x4", "--prefer-hevc", "hevc", "prefer HEVC H.265 Main Profile / Level 5.1 TS"),
+    ("+x5", "--prefer-hevc10", "hevc10", "prefer HEVC H.265 Main 10 Profile / Level 5.1 TS"),
+    ("+xr", "--prefer-rle", "rle", "prefer RLE lossless TS"),
+    ("+xd", "--prefer-deflated", "deflated", "prefer deflated explicit VR little endian TS"),
+    ("+xi", "--implicit", "implicit", "accept implicit VR little endian TS only"),
+    ("+xa", "--accept-all", "all", "accept all supported transfer syntaxes"),
+)
+
+TLS_PROFILES: tuple[tuple[str, str, str, str], ...] = (
+    ("+pg", "--profile-8996", "bcp195-rfc8996", "BCP 195 RFC 8996 TLS Profile (default)"),
+    ("+pm", "--profile-8996-mod", "bcp195-rfc8996-modified", "Modified BCP 195 RFC 8996 TLS Profile"),
+    ("+py", "--profile-bcp195-nd", "bcp195-nd", "Non-downgrading BCP 195 TLS Profile (retired)"),
+    ("+px", "--profile-bcp195", "bcp195", "BCP 195 TLS Profile (retired)"),
+    ("+pz", "--profile-bcp195-ex", "bcp195-extended", "Extended BCP 195 TLS Profile (retired)"),
+    ("+pb", "--profile-basic", "basic", "Basic TLS Secure Transport Connection Profile (retired)"),
+    ("+pa", "--profile-aes", "aes", "AES TLS Secure Transport Connection Profile (retired)"),
+    ("+pn", "--profile-null", "null", "Authenticated unencrypted communication (retired, was used in IHE ATNA)"),
+)
+
+LOG_LEVELS = ("fatal", "error", "warn", "info", "debug", "trace")
+PROCESS_MODES = ("prefork", "fork", "single")
+DUPLICATE_POLICIES = ("overwrite", "keep-first", "unique")
+
+
+def _check_aetitle(value: str) -> str | None:
+    if not value or len(value) > 16 or not value.isprintable() or "\\" in value:
+        return "must be 1 to 16 printable characters without backslash"
+    return None
+
+
+def _check_command(value: str) -> str | None:
+    if value is None:
+        return None
+    try:
+        argv = shlex.split(value)
+    except ValueError as exc:
+        return f"cannot be split into arguments: {exc}"
+    if not argv:
+        return "is empty"
+    shell_tokens = [t for t in argv if t in {"|", "||", "&&", ";", ">", ">>", "<", "&", "2>", "2>&1"}]
+    if shell_tokens or any(t.startswith(("|", ";", ">", "<")) for t in argv[1:]):
+        return (
+            "uses shell syntax ("
+            + " ".join(shell_tokens or ["redirection"])
+            + "), but storescpd runs hooks without a shell so that peer-controlled values can never "
+            "start a command; write it as: sh -c 'your | pipeline \"$1\"' -- #p (placeholders become "
+            "positional arguments)"
+        )
+    return None
+
+
+NETWORK_PREF_FLAGS = tuple(
+    _flag(s, long, h, const=c, subgroup=PREFER) for s, long, c, h in PREFERENCES
+)
+
+SETTINGS: tuple[Setting, ...] = (
+    # general options
+    Setting(
+        "log_level", "warn", "logging level of stderr output", G_GENERAL,
+        flags=(
+            _flag("-q", "--quiet", "quiet mode, print no warnings and errors", const="fatal"),
+            _flag("-v", "--verbose", "verbose mode, print processing details", const="info"),
+            _flag("-d", "--debug", "debug mode, print debug information", const="debug"),
+            _value("-ll", "--log-level", "[l]evel: string constant",
+                   "(fatal, error, warn, info, debug, trace)\nuse level l for the logger"),
+        ),
+        choices=LOG_LEVELS,
+    ),
+    Setting(
+        "log_config", None, "logger configuration file (DCMTK oflog format)", G_GENERAL,
+        flags=(_value("-lc", "--log-config", "[f]ilename: string", "use config file f for the logger",
+                      status=NOT_YET),),
+    ),
+    Setting(
+        "verbose_pc", False, "show presentation contexts in verbose mode", G_GENERAL,
+        flags=(_flag("+v", "--verbose-pc", "show presentation contexts in verbose mode", const=True),),
+        type=bool,
+    ),
+    # multi-process options
+    Setting(
+        "process_mode", "single",
+        "prefork: a pool of worker processes; fork: one process per association (DCMTK --fork); "
+        "single: one association at a time in one process (DCMTK default)",
+        G_MULTI,
+        flags=(
+            _flag(None, "--single-process", "single process mode (default)", const="single"),
+            _flag(None, "--fork", "fork child process for each association", const="fork"),
+            _flag(None, "--prefork", "pre-forked pool of --workers processes (storescpd)", const="prefork"),
+        ),
+        choices=PROCESS_MODES, reloadable=False,
+    ),
+    # network options
+    Setting(
+        "config_file", None, "association negotiation profile: [file, profile]", G_NETWORK,
+        flags=(Flag("-xf", "--config-file", "use profile p from config file f", nargs=2,
+                    metavar=("[f]ilename", "[p]rofile: string"), status=NOT_YET,
+                    subgroup="association negotiation profile from configuration file:"),),
+        type=list,
+    ),
+    Setting(
+        "transfer_syntaxes", "uncompressed", "preferred network transfer syntaxes", G_NETWORK,
+        flags=NETWORK_PREF_FLAGS, choices=tuple(p[2] for p in PREFERENCES),
+    ),
+    Setting(
+        "access_control", False, "enforce host access control rules (tcp wrapper)", G_NETWORK,
+        flags=(
+            _flag("-ac", "--access-full", "accept connections from any host (default)", const=False,
+                  subgroup="network host access control (tcp wrapper):"),
+            _flag("+ac", "--access-control", "enforce host access control rules", const=True,
+                  status=NOT_YET, subgroup="network host access control (tcp wrapper):"),
+        ),
+        type=bool,
+    ),
+    Setting(
+        "inetd", False, "run from inetd super server: the association is on stdin", G_NETWORK,
+        flags=(_flag("-id", "--inetd", "run from inetd super server (not with --fork)", const=True,
+                     subgroup="other network options:"),),
+        type=bool, in_file=False,
+    ),
+    Setting(
+        "socket_timeout", 60, "timeout for network socket in seconds (0 for none)", G_NETWORK,
+        flags=(_value("-ts", "--socket-timeout", "[s]econds: integer (default: 60)",
+                      "timeout for network socket (0 for none)"),),
+        type=int, minimum=0,
+    ),
+    Setting(
+        "acse_timeout", 30, "timeout for ACSE messages in seconds", G_NETWORK,
+        flags=(_value("-ta", "--acse-timeout", "[s]econds: integer (default: 30)", "timeout for ACSE messages"),),
+        type=int, minimum=1,
+    ),
+    Setting(
+        "dimse_timeout", 0, "timeout for DIMSE messages in seconds (0: unlimited)", G_NETWORK,
+        flags=(_value("-td", "--dimse-timeout", "[s]econds: integer (default: unlimited)",
+                      "timeout for DIMSE messages"),),
+        type=int, minimum=0,
+    ),
+    Setting(
+        "aetitle", "STORESCP", "my AE title", G_NETWORK,
+        flags=(_value("-aet", "--aetitle", "[a]etitle: string", "set my AE title (default: STORESCP)"),),
+        check=_check_aetitle,
+    ),
+    Setting(
+        "max_pdu", 16384, "maximum receive PDU size in bytes (4096..131072)", G_NETWORK,
+        flags=(_value("-pdu", "--max-pdu", "[n]umber of bytes: integer (4096..131072)",
+                      "set max receive pdu to n bytes (default: 16384)"),),
+        type=int, minimum=4096, maximum=131072,
+    ),
+    Setting(
+        "disable_host_lookup", False, "disable hostname lookup", G_NETWORK,
+        flags=(_flag("-dhl", "--disable-host-lookup", "disable hostname lookup", const=True),),
+        type=bool,
+    ),
+    Setting(
+        "refuse", False, "refuse every association (testing)", G_NETWORK,
+        flags=(_flag(None, "--refuse", "refuse association", const=True),), type=bool,
+    ),
+    Setting(
+        "reject_without_implementation_uid", False,
+        "reject association if no implementation class UID", G_NETWORK,
+        flags=(_flag(None, "--reject", "reject association if no implementation class UID", const=True),),
+        type=bool,
+    ),
+    Setting(
+        "ignore", False, "receive but do not store data (testing)", G_NETWORK,
+        flags=(_flag(None, "--ignore", "ignore store data, receive but do not store", const=True),),
+        type=bool,
+    ),
+    Setting(
+        "sleep_after", 0, "sleep s seconds after store (testing)", G_NETWORK,
+        flags=(_value(None, "--sleep-after", "[s]econds: integer", "sleep s seconds after store (default: 0)"),),
+        type=int, minimum=0,
+    ),
+    Setting(
+        "sleep_during", 0, "sleep s seconds during store, per received PDU (testing)", G_NETWORK,
+        flags=(_value(None, "--sleep-during", "[s]econds: integer", "sleep s seconds during store (default: 0)"),),
+        type=int, minimum=0,
+    ),
+    Setting(
+        "abort_after", False, "abort association after receipt of C-STORE-RQ (testing)", G_NETWORK,
+        flags=(_flag(None, "--abort-after",
+                     "abort association after receipt of C-STORE-RQ\n(but before sending response)", const=True),),
+        type=bool,
+    ),
+    Setting(
+        "abort_during", False, "abort association during receipt of C-STORE-RQ (testing)", G_NETWORK,
+        flags=(_flag(None, "--abort-during", "abort association during receipt of C-STORE-RQ", const=True),),
+        type=bool,
+    ),
+    Setting(
+        "promiscuous", False, "accept unknown SOP classes as storage", G_NETWORK,
+        flags=(_flag("-pm", "--promiscuous", "promiscuous mode, accept unknown SOP classes\n(not with --config-file)",
+                     const=True),),
+        type=bool,
+    ),
+    Setting(
+        "uid_padding", False, "silently correct space-padded UIDs", G_NETWORK,
+        flags=(_flag("-up", "--uid-padding", "silently correct space-padded UIDs", const=True),),
+        type=bool,
+    ),
+    # TLS
+    Setting(
+        "tls", None, "[private key file, certificate file]; unset: plain TCP", G_TLS,
+        flags=(
+            _flag("-tls", "--disable-tls", "use normal TCP/IP connection (default)", const=None,
+                  subgroup="transport protocol stack:"),
+            Flag("+tls", "--enable-tls", "use authenticated secure TLS connection", nargs=2,
+                 metavar=("[p]rivate key file", "[c]ertificate file: string"), status=NOT_YET,
+                 subgroup="transport protocol stack:"),
+        ),
+        type=list,
+    ),
+    Setting(
+        "tls_password", None, "private key password; unset: prompt (+ps)", G_TLS,
+        flags=(
+            _flag("+ps", "--std-passwd", "prompt user to type password on stdin (default)", const=None,
+                  status=NOT_YET, subgroup="private key password (only with --enable-tls):"),
+            _value("+pw", "--use-passwd", "[p]assword: string", "use specified password", status=NOT_YET,
+                   subgroup="private key password (only with --enable-tls):"),
+            _flag("-pw", "--null-passwd", "use empty string as password", const="", status=NOT_YET,
+                  subgroup="private key password (only with --enable-tls):"),
+        ),
+    ),
+    Setting(
+        "tls_key_format", "pem", "key and certificate file format", G_TLS,
+        flags=(
+            _flag("-pem", "--pem-keys", "read keys and certificates as PEM file (default)", const="pem",
+                  subgroup="key and certificate file format:"),
+            _flag("-der", "--der-keys", "read keys and certificates as DER file", const="der", status=NOT_YET,
+                  subgroup="key and certificate file format:"),
+        ),
+        choices=("pem", "der"),
+    ),
+    Setting(
+        "tls_ca_files", [], "certificate files of trusted CAs", G_TLS,
+        flags=(_value("+cf", "--add-cert-file", "[f]ilename: string", "add certificate file to list of certificates",
+                      status=NOT_YET, subgroup="certification authority:"),),
+        type=list,
+    ),
+    Setting(
+        "tls_ca_dirs", [], "directories of trusted CA certificates", G_TLS,
+        flags=(_value("+cd", "--add-cert-dir", "[d]irectory: string", "add certificates in d to list of certificates",
+                      status=NOT_YET, subgroup="certification authority:"),),
+        type=list,
+    ),
+    Setting(
+        "tls_crl_files", [], "certificate revocation list files (imply leaf CRL verification)", G_TLS,
+        flags=(_value("+crl", "--add-crl-file", "[f]ilename: string",
+                      "add certificate revocation list file\n(implies --enable-crl-vfy)", status=NOT_YET,
+                      subgroup="certification authority:"),),
+        type=list,
+    ),
+    Setting(
+        "tls_crl_check", "none", "CRL verification: none, leaf or all", G_TLS,
+        flags=(
+            _flag("+crv", "--enable-crl-vfy", "enable leaf CRL verification", const="leaf", status=NOT_YET,
+                  subgroup="certification authority:"),
+            _flag("+cra", "--enable-crl-all", "enable full chain CRL verification", const="all", status=NOT_YET,
+                  subgroup="certification authority:"),
+        ),
+        choices=("none", "leaf", "all"),
+    ),
+    Setting(
+        "tls_profile", "bcp195-rfc8996", "TLS security profile", G_TLS,
+        flags=tuple(_flag(s, long, h, const=c, status=NOT_YET, subgroup="security profile:")
+                    for s, long, c, h in TLS_PROFILES),
+        choices=tuple(p[2] for p in TLS_PROFILES),
+    ),
+    Setting(
+        "tls_list_ciphers", False, "show list of supported TLS ciphersuites and exit", G_TLS,
+        flags=(_flag("+cc", "--list-ciphers", "show list of supported TLS ciphersuites and exit", const=True,
+                     status=NOT_YET, subgroup="ciphersuite:"),),
+        type=bool, in_file=False,
+    ),
+    Setting(
+        "tls_ciphers", [], "ciphersuites to negotiate (added to the profile's)", G_TLS,
+        flags=(_value("+cs", "--cipher", "[c]iphersuite name: string", "add ciphersuite to list of negotiated suites",
+                      status=NOT_YET, subgroup="ciphersuite:"),),
+        type=list,
+    ),
+    Setting(
+        "tls_dhparam", None, "DH parameters file", G_TLS,
+        flags=(_value("+dp", "--dhparam", "[f]ilename: string", "read DH parameters for DH/DSS ciphersuites",
+                      status=NOT_YET, subgroup="ciphersuite:"),),
+    ),
+    Setting(
+        "tls_expect_sni", None, "server name to expect in SNI; unset: no SNI", G_TLS,
+        flags=(
+            _flag(None, "--no-sni", "do not use SNI (default)", const=None, subgroup="server name indication:"),
+            _value(None, "--expect-sni", "[s]erver name: string", "expect requests for server name s",
+                   status=NOT_YET, subgroup="server name indication:"),
+        ),
+    ),
+    Setting(
+        "tls_seed", None, "random seed file (accepted; Python's generator needs no seed)", G_TLS,
+        flags=(_value("+rs", "--seed", "[f]ilename: string", "seed random generator with contents of f",
+                      status=NOT_YET, subgroup="pseudo random generator:"),),
+    ),
+    Setting(
+        "tls_write_seed", None, "write back the seed file (accepted, no effect)", G_TLS,
+        flags=(
+            _flag("+ws", "--write-seed", "write back modified seed (only with --seed)", const=True,
+                  status=NOT_YET, subgroup="pseudo random generator:"),
+            _value("+wf", "--write-seed-file", "[f]ilename: string (only with --seed)",
+                   "write modified seed to file f", status=NOT_YET, subgroup="pseudo random generator:"),
+        ),
+    ),
+    Setting(
+        "tls_peer_cert", "require", "peer certificate: require, verify or ignore", G_TLS,
+        flags=(
+            _flag("-rc", "--require-peer-cert", "verify peer certificate, fail if absent (default)",
+                  const="require", subgroup="peer authentication:"),
+            _flag("-vc", "--verify-peer-cert", "verify peer certificate if present", const="verify",
+                  status=NOT_YET, subgroup="peer authentication:"),
+            _flag("-ic", "--ignore-peer-cert", "don't verify peer certificate", const="ignore",
+                  status=NOT_YET, subgroup="peer authentication:"),
+        ),
+        choices=("require", "verify", "ignore"),
+    ),
+    # output options
+    Setting(
+        "output_directory", ".", "write received objects to this existing directory", G_OUTPUT,
+        flags=(_value("-od", "--output-directory", "[d]irectory: string (default: '.')",
+                      "write received objects to existing directory d", subgroup="general:"),),
+    ),
+    Setting(
+        "bit_preserving", False, "write data exactly as read", G_OUTPUT,
+        flags=(
+            _flag("-B", "--normal", "allow implicit format conversions (default)", const=False,
+                  subgroup="bit preserving mode:"),
+            _flag("+B", "--bit-preserving", "write data exactly as read", const=True,
+                  subgroup="bit preserving mode:"),
+        ),
+        type=bool,
+    ),
+    Setting(
+        "write_file_format", True, "write DICOM file format (with meta information)", G_OUTPUT,
+        flags=(
+            _flag("+F", "--write-file", "write file format (default)", const=True, subgroup="output file format:"),
+            _flag("-F", "--write-dataset", "write data set without file meta information", const=False,
+                  subgroup="output file format:"),
+        ),
+        type=bool,
+    ),
+    Setting(
+        "write_transfer_syntax", "same", "output transfer syntax", G_OUTPUT,
+        flags=tuple(
+            _flag(s, long, h, const=c, status=SUPPORTED if c == "same" else NOT_YET,
+                  subgroup="output transfer syntax (not with --bit-preserving or compressed transmission):")
+            for s, long, c, h in (
+                ("+t=", "--write-xfer-same", "same", "write with same TS as input (default)"),
+                ("+te", "--write-xfer-little", "little", "write with explicit VR little endian TS"),
+                ("+tb", "--write-xfer-big", "big", "write with explicit VR big endian TS"),
+                ("+ti", "--write-xfer-implicit", "implicit", "write with implicit VR little endian TS"),
+                ("+td", "--write-xfer-deflated", "deflated", "write with deflated explicit VR little endian TS"),
+            )
+        ),
+        choices=("same", "little", "big", "implicit", "deflated"),
+    ),
+    Setting(
+        "new_vr", True, "enable support for new VRs (UN/UT)", G_OUTPUT,
+        flags=(
+            _flag("+u", "--enable-new-vr", "enable support for new VRs (UN/UT) (default)", const=True,
+                  subgroup="post-1993 value representations (not with --bit-preserving):"),
+            _flag("-u", "--disable-new-vr", "disable support for new VRs, convert to OB", const=False,
+                  status=NOT_YET, subgroup="post-1993 value representations (not with --bit-preserving):"),
+        ),
+        type=bool,
+    ),
+    Setting(
+        "group_length", "recalc", "group length encoding", G_OUTPUT,
+        flags=(
+            _flag("+g=", "--group-length-recalc", "recalculate group lengths if present (default)", const="recalc",
+                  subgroup="group length encoding (not with --bit-preserving):"),
+            _flag("+g", "--group-length-create", "always write with group length elements", const="create",
+                  status=NOT_YET, subgroup="group length encoding (not with --bit-preserving):"),
+            _flag("-g", "--group-length-remove", "always write without group length elements", const="remove",
+                  status=NOT_YET, subgroup="group length encoding (not with --bit-preserving):"),
+        ),
+        choices=("recalc", "create", "remove"),
+    ),
+    Setting(
+        "length_encoding", "explicit", "length encoding in sequences and items", G_OUTPUT,
+        flags=(
+            _flag("+e", "--length-explicit", "write with explicit lengths (default)", const="explicit",
+                  subgroup="length encoding in sequences and items (not with --bit-preserving):"),
+            _flag("-e", "--length-undefined", "write with undefined lengths", const="undefined", status=NOT_YET,
+                  subgroup="length encoding in sequences and items (not with --bit-preserving):"),
+        ),
+        choices=("explicit", "undefined"),
+    ),
+    Setting(
+        "padding", None, "[file-pad, item-pad]; unset: no padding", G_OUTPUT,
+        flags=(
+            _flag("-p", "--padding-off", "no padding (default)", const=None,
+                  subgroup="data set trailing padding (not with --write-dataset or --bit-preserving):"),
+            Flag("+p", "--padding-create", "align file on multiple of f bytes and items on\nmultiple of i bytes",
+                 nargs=2, metavar=("[f]ile-pad", "[i]tem-pad: integer"), status=NOT_YET,
+                 subgroup="data set trailing padding (not with --write-dataset or --bit-preserving):"),
+        ),
+        type=list,
+    ),
+    Setting(
+        "convert_un", False, "convert defined-length UN elements to their real VR if known", G_OUTPUT,
+        flags=(
+            _flag("-uc", "--retain-un", "retain elements as UN (default)", const=False,
+                  subgroup="handling of defined length UN elements:"),
+            _flag("+uc", "--convert-un", "convert to real VR if known", const=True, status=NOT_YET,
+                  subgroup="handling of defined length UN elements:"),
+        ),
+        type=bool,
+    ),
+    Setting(
+        "compression_level", 6, "deflate compression level (0..9)", G_OUTPUT,
+        flags=(_value("+cl", "--compression-level", "[l]evel: integer (default: 6)",
+                      "0=uncompressed, 1=fastest, 9=best compression", status=NOT_YET,
+                      subgroup="deflate compression level (only with --write-xfer-deflated/same):"),),
+        type=int, minimum=0, maximum=9,
+    ),
+    Setting(
+        "sort", None, "sorting into study subdirectories: [mode, prefix]", G_OUTPUT,
+        flags=(
+            _value("-ss", "--sort-conc-studies", "[p]refix: string", "sort studies using prefix p and a timestamp",
+                   const="concurrent", status=NOT_YET, subgroup="sorting into subdirectories (not with --bit-preserving):"),
+            _value("-su", "--sort-on-study-uid", "[p]refix: string",
+                   "sort studies using prefix p and the Study Instance UID", const="studyuid", status=NOT_YET,
+                   subgroup="sorting into subdirectories (not with --bit-preserving):"),
+            _flag("-sp", "--sort-on-patientname", "sort studies using the Patient's Name and a timestamp",
+                  const=["patientname", ""], status=NOT_YET,
+                  subgroup="sorting into subdirectories (not with --bit-preserving):"),
+        ),
+        type=list,
+    ),
+    Setting(
+        "filenames", "default", "file name generation: default, unique or timenames", G_OUTPUT,
+        flags=(
+            _flag("-uf", "--default-filenames", "generate filename from instance UID (default)", const="default",
+                  subgroup="filename generation:"),
+            _flag("+uf", "--unique-filenames", "generate unique filenames", const="unique",
+                  subgroup="filename generation:"),
+            _flag("-tn", "--timenames", "generate filename from creation time", const="timenames",
+                  subgroup="filename generation:"),
+        ),
+        choices=("default", "unique", "timenames"),
+    ),
+    Setting(
+        "filename_extension", "", "append this to all file names", G_OUTPUT,
+        flags=(_value("-fe", "--filename-extension", "[e]xtension: string", "append e to all filenames",
+                      subgroup="filename generation:"),),
+    ),
+    # event options
+    Setting(
+        "exec_on_reception", None, "command to run after each stored object", G_EVENT,
+        flags=(_value("-xcr", "--exec-on-reception", "[c]ommand: string",
+                      "execute command c after having received and processed\none C-STORE-RQ message",
+                      status=NOT_YET),),
+        check=_check_command,
+    ),
+    Setting(
+        "exec_on_eostudy", None, "command to run at the end of each study", G_EVENT,
+        flags=(_value("-xcs", "--exec-on-eostudy", "[c]ommand: string",
+                      "execute command c after having received and processed\n"
+                      "all C-STORE-RQ messages that belong to one study", status=NOT_YET),),
+        check=_check_command,
+    ),
+    Setting(
+        "rename_on_eostudy", False, "rename a finished study's files", G_EVENT,
+        flags=(_flag("-rns", "--rename-on-eostudy",
+                     "having received and processed all C-STORE-RQ messages\nthat belong to one study, "
+                     "rename output files according\nto a certain pattern", const=True, status=NOT_YET),),
+        type=bool,
+    ),
+    Setting(
+        "eostudy_timeout", 0, "seconds of silence that end a study (0: off)", G_EVENT,
+        flags=(_value("-tos", "--eostudy-timeout", "[t]imeout: integer",
+                      "specifies a timeout of t seconds for end-of-study\ndetermination", status=NOT_YET),),
+        type=int, minimum=0,
+    ),
+    Setting(
+        "exec_sync", False, "run hooks synchronously", G_EVENT,
+        flags=(_flag("-xs", "--exec-sync", "execute command synchronously in foreground", const=True,
+                     status=NOT_YET),),
+        type=bool,
+    ),
+    # daemon options (storescpd's own)
+    Setting(
+        "port", None, "TCP port to listen on (the positional argument of storescp)", G_DAEMON,
+        type=int, minimum=1, maximum=65535, reloadable=False,
+    ),
+    Setting(
+        "bind", "0.0.0.0", "address to listen on (IPv4 or IPv6; DCMTK listens on all IPv4 addresses)",
+        G_DAEMON, flags=(_value(None, "--bind", "[a]ddress: string", "listen on address a (default: 0.0.0.0)"),),
+        reloadable=False,
+    ),
+    Setting(
+        "on_duplicate", "overwrite",
+        "same SOP Instance UID stored again: overwrite (DCMTK, with a warning), keep-first "
+        "(keep the stored file, answer success) or unique (store under a new unique name)",
+        G_DAEMON,
+        flags=(_value(None, "--on-duplicate", "[p]olicy: string",
+                      "overwrite (default), keep-first or unique"),),
+        choices=DUPLICATE_POLICIES,
+    ),
+    Setting(
+        "fsync", True, "fsync each file and its directory before acknowledging (durability)", G_DAEMON,
+        flags=(
+            _flag(None, "--fsync", "fsync every object before success (default)", const=True),
+            _flag(None, "--no-fsync", "do not fsync: faster, an acknowledged object can be lost on power loss",
+                  const=False),
+        ),
+        type=bool,
+    ),
+    Setting(
+        "workers", 4, "worker processes of the pre-fork pool", G_DAEMON,
+        flags=(_value(None, "--workers", "[n]umber: integer", "pre-fork pool size (default: 4)"),),
+        type=int, minimum=1, maximum=1024,
+    ),
+    Setting(
+        "max_requests", 0, "recycle a pool worker after this many associations (0: never)", G_DAEMON,
+        flags=(_value(None, "--max-requests", "[n]umber: integer", "recycle a worker after n associations"),),
+        type=int, minimum=0,
+    ),
+    Setting(
+        "max_associations", 0, "concurrent associations across all workers (0: unlimited)", G_DAEMON,
+        flags=(_value(None, "--max-associations", "[n]umber: integer", "reject associations over n at once"),),
+        type=int, minimum=0,
+    ),
+    Setting(
+        "graceful_timeout", 30, "seconds a stop waits for running associations", G_DAEMON,
+        flags=(_value(None, "--graceful-timeout", "[s]econds: integer", "drain time on SIGTERM (default: 30)"),),
+        type=int, minimum=0,
+    ),
+    Setting(
+        "api", None, "control API address HOST:PORT or unix:PATH; unset: off", G_DAEMON,
+        flags=(_value(None, "--api", "[a]ddress: string", "serve the control API on a (HOST:PORT or unix:PATH)",
+                      status=NOT_YET),),
+    ),
+    Setting(
+        "api_token_file", None, "file holding the API bearer token", G_DAEMON,
+        flags=(_value(None, "--api-token-file", "[f]ilename: string", "require this bearer token on the API",
+                      status=NOT_YET),),
+    ),
+    Setting(
+        "run_directory", None, "directory for the control socket; unset: a private temporary one", G_DAEMON,
+        flags=(_value(None, "--run-directory", "[d]irectory: string", "where the control socket lives"),),
+        reloadable=False,
+    ),
+)
+
+BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}
+
+
+@dataclass
+class Config:
+    """The effective configuration: one attribute per setting, plus where it came from."""
+
+    values: dict[str, Any]
+    source_file: str | None = None
+    explicit: frozenset[str] = field(default_factory=frozenset)
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self.__dict__["values"][name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def replace(self, **changes: Any) -> "Config":
+        return dataclasses.replace(self, values={**self.values, **changes})
+
+
+def defaults() -> dict[str, Any]:
+    return {s.name: (list(s.default) if isinstance(s.default, list) else s.default) for s in SETTINGS}
+
+
+def load_toml(path: str) -> dict[str, Any]:
+    """Read a TOML configuration; unknown keys and wrong types are errors naming the key."""
+    try:
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+    except OSError as exc:
+        raise ConfigError(f"cannot read configuration file {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"configuration file {path} is not valid TOML: {exc}") from None
+    for key in data:
+        setting = BY_NAME.get(key)
+        if setting is None or not setting.in_file:
+            raise ConfigError(f"{path}: unknown key '{key}' (see storescpd --print-config for the valid keys)")
+    return {key: _coerce(BY_NAME[key], value, f"{path}: key '{key}'") for key, value in data.items()}
+
+
+def _coerce(setting: Setting, value: Any, where: str) -> Any:
+    if value is None:
+        return None
+    if setting.type is bool and not isinstance(value, bool):
+        raise ConfigError(f"{where} must be true or false, not {value!r}")
+    if setting.type is int and (isinstance(value, bool) or not isinstance(value, int)):
+        raise ConfigError(f"{where} must be an integer, not {value!r}")
+    if setting.type is str and not isinstance(value, str):
+        raise ConfigError(f"{where} must be a string, not {value!r}")
+    if setting.type is list and not isinstance(value, list):
+        raise ConfigError(f"{where} must be a list, not {value!r}")
+    return value
+
+
+def validate(values: dict[str, Any]) -> list[str]:
+    """Every problem of a configuration, each a sentence that says what to fix."""
+    problems: list[str] = []
+    for s in SETTINGS:
+        v = values.get(s.name)
+        if v is None:
+            continue
+        if s.choices is not None and v not in s.choices:
+            problems.append(f"{s.name} must be one of {', '.join(map(str, s.choices))}, not {v!r}")
+        if s.minimum is not None and isinstance(v, int) and v < s.minimum:
+            problems.append(f"{s.name} must be at least {s.minimum}, not {v}")
+        if s.maximum is not None and isinstance(v, int) and v > s.maximum:
+            problems.append(f"{s.name} must be at most {s.maximum}, not {v}")
+        if s.check is not None:
+            reason = s.check(v)
+            if reason:
+                problems.append(f"{s.name} {reason}")
+    problems.extend(_check_combinations(values))
+    return problems
+
+
+def _check_combinations(v: dict[str, Any]) -> list[str]:
+    problems = []
+    if v.get("inetd") and v.get("process_mode") == "fork":
+        problems.append("--inetd cannot be combined with --fork")
+    if not v.get("inetd") and v.get("port") is None and not os.environ.get("LISTEN_FDS"):
+        problems.append("no port given: name the TCP port to listen on (e.g. storescpd 11112) or set port "
+                        "in the configuration file")
+    if v.get("config_file") and v.get("promiscuous"):
+        problems.append("--config-file cannot be combined with --promiscuous")
+    if v.get("config_file") and v.get("transfer_syntaxes") != "uncompressed":
+        problems.append("--config-file cannot be combined with a --prefer-* / +x? option")
+    if v.get("bit_preserving") and v.get("write_transfer_syntax") != "same":
+        problems.append("--bit-preserving cannot be combined with --write-xfer-* (+te, +tb, +ti, +td)")
+    if v.get("rename_on_eostudy") and not v.get("sort"):
+        problems.append("--rename-on-eostudy needs one of --sort-conc-studies, --sort-on-study-uid, "
+                        "--sort-on-patientname")
+    if v.get("eostudy_timeout") and not (v.get("sort") or v.get("exec_on_eostudy") or v.get("rename_on_eostudy")):
+        problems.append("--eostudy-timeout needs --sort-*, --exec-on-eostudy or --rename-on-eostudy")
+    out = v.get("output_directory")
+    if out and not v.get("ignore"):
+        if not os.path.isdir(out):
+            problems.append(f"output directory {out} does not exist: create it or set another with -od")
+        elif not os.access(out, os.W_OK | os.X_OK):
+            problems.append(f"output directory {out} is not writable by this user: fix its mode or owner")
+    return problems
+
+
+def build(file_values: dict[str, Any], cli_values: dict[str, Any], source_file: str | None) -> Config:
+    """Defaults, then the file, then the command line; raises ConfigError listing every problem."""
+    values = {**defaults(), **file_values, **cli_values}
+    problems = validate(values)
+    if problems:
+        where = f" ({source_file})" if source_file else ""
+        raise ConfigError(f"invalid configuration{where}:\n  " + "\n  ".join(problems))
+    return Config(values, source_file, frozenset(file_values) | frozenset(cli_values))
+
+
+def unsupported_in_use(values: dict[str, Any]) -> list[str]:
+    """Spellings of options set to a value this version cannot honour yet."""
+    found = []
+    for s in SETTINGS:
+        for f in s.flags:
+            if f.status != NOT_YET:
+                continue
+            v = values.get(s.name)
+            if f.nargs == 0 and v == f.const and v != s.default:
+                found.append(f.short or f.long)
+            elif f.nargs and v not in (None, [], s.default) and _set_by_value_flag(s, f, v):
+                found.append(f.short or f.long)
+    return sorted(set(found))
+
+
+def _set_by_value_flag(s: Setting, f: Flag, v: Any) -> bool:
+    # A value flag with a const stores [const, *values]: it is in use when the tag matches.
+    if f.const is not None:
+        return isinstance(v, list) and bool(v) and v[0] == f.const
+    return True
+
+
+def to_toml(config: Config) -> str:
+    """The effective configuration as a TOML document (``--print-config``)."""
+    lines = ["# storescpd effective configuration"]
+    group = None
+    for s in SETTINGS:
+        if not s.in_file:
+            continue
+        if s.group != group:
+            group = s.group
+            lines.append(f"\n# --- {group} ---")
+        value = config.values.get(s.name)
+        lines.append(f"# {s.help}")
+        lines.append(f"{s.name} = {_toml_value(value)}" if value is not None else f"# {s.name} =  (unset)")
+    return "\n".join(lines) + "\n"
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    escaped = str(value).replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{escaped}"'
+
+
+def resolve_output_directory(config: Config) -> Path:
+    return Path(config.output_directory).resolve()

@@ -1,0 +1,226 @@
+"""C-ECHO and C-STORE: plain functions of an event and the association's state."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from pydicom.dataset import FileMetaDataset
+
+from . import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+from .config import Config
+from .receive import write_meta
+from .storage import (
+    Identifiers,
+    Naming,
+    StagingFile,
+    UnsafeName,
+    publish,
+    read_identifiers,
+)
+
+LOG = logging.getLogger("storescpd")
+
+STATUS_SUCCESS = 0x0000
+STATUS_OUT_OF_RESOURCES = 0xA700
+STATUS_DATASET_DOES_NOT_MATCH_SOP_CLASS = 0xA900
+STATUS_CANNOT_UNDERSTAND = 0xC000
+STATUS_REFUSED_OUT_OF_RESOURCES = 0xA700
+
+EventSink = Callable[[str, dict[str, Any]], None]
+
+
+def _no_events(kind: str, data: dict[str, Any]) -> None:
+    pass
+
+
+@dataclass
+class StoreContext:
+    """Everything the handlers of one association share; also the decode hook's Receiver."""
+
+    config: Config
+    output_dir: Path
+    staging_dir: Path
+    calling_ae: str = ""
+    called_ae: str = ""
+    peer: str = ""
+    emit: EventSink = _no_events
+    abort: Callable[[], None] = lambda: None
+    current: StagingFile | None = None
+    objects: int = 0
+    failures: int = 0
+    bytes_received: int = 0
+    last_sop_class: str = ""
+    started: float = field(default_factory=time.monotonic)
+    _fragments_in_message: int = 0
+
+    @property
+    def naming(self) -> Naming:
+        return Naming(self.config.filenames, self.config.filename_extension)
+
+    # -- Receiver protocol (called from pynetdicom's reader thread) --
+    def begin_dataset(self, command: Any, transfer_syntax: str) -> StagingFile | None:
+        self._fragments_in_message = 0
+        if self.current is not None:
+            self.current.discard()
+        self.current = None
+        if self.config.ignore:
+            return None
+        staged = StagingFile(self.staging_dir)
+        try:
+            if self.config.write_file_format:
+                write_meta(staged, self._file_meta(command, transfer_syntax))
+        except OSError:
+            staged.discard()
+            raise
+        self.current = staged
+        return staged
+
+    def dataset_fragment(self, size: int) -> None:
+        self.bytes_received += size
+        self._fragments_in_message += 1
+        if self.config.abort_during and self._fragments_in_message == 1:
+            LOG.info("ABORT initiated (due to command line options)")
+            if self.current is not None:
+                self.current.discard()
+            self.abort()
+            return
+        if self.config.sleep_during:
+            time.sleep(self.config.sleep_during)
+
+    def _file_meta(self, command: Any, transfer_syntax: str) -> FileMetaDataset:
+        meta = FileMetaDataset()
+        meta.FileMetaInformationVersion = b"\x00\x01"
+        meta.MediaStorageSOPClassUID = _clean_uid(command.AffectedSOPClassUID)
+        meta.MediaStorageSOPInstanceUID = _clean_uid(command.AffectedSOPInstanceUID)
+        meta.TransferSyntaxUID = transfer_syntax
+        meta.ImplementationClassUID = IMPLEMENTATION_CLASS_UID
+        meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
+        if self.calling_ae:
+            meta.SourceApplicationEntityTitle = self.calling_ae
+        return meta
+
+
+def _clean_uid(value: Any) -> str:
+    return str(value or "").rstrip("\0 ")
+
+
+def handle_echo(event: Any) -> int:
+    return STATUS_SUCCESS
+
+
+def handle_store(event: Any, ctx: StoreContext) -> int:
+    """Publish the staged data set under its final name; success only once it is durable."""
+    started = time.monotonic()
+    request = event.request
+    sop_class = _clean_uid(request.AffectedSOPClassUID)
+    sop_instance = _clean_uid(request.AffectedSOPInstanceUID)
+    ctx.last_sop_class = sop_class
+    if ctx.config.abort_after:
+        LOG.info("ABORT initiated (due to command line options)")
+        _drop(ctx)
+        ctx.abort()
+        return STATUS_REFUSED_OUT_OF_RESOURCES
+    status, path = _store(event, ctx, sop_class, sop_instance)
+    if ctx.config.sleep_after:
+        time.sleep(ctx.config.sleep_after)
+    outcome = "success" if status == STATUS_SUCCESS else "failure"
+    if status == STATUS_SUCCESS:
+        ctx.objects += 1
+    else:
+        ctx.failures += 1
+    ctx.emit("stored", {
+        "status": outcome, "sop_class": sop_class, "path": str(path) if path else None,
+        "duration": time.monotonic() - started,
+    })
+    return status
+
+
+def _store(event: Any, ctx: StoreContext, sop_class: str, sop_instance: str) -> tuple[int, Path | None]:
+    staged = ctx.current
+    ctx.current = None
+    if ctx.config.ignore or staged is None:
+        return STATUS_SUCCESS, None
+    try:
+        staged.finish(ctx.config.fsync)
+    except OSError as exc:
+        staged.discard()
+        LOG.error("cannot write %s: %s; answering Out of Resources", sop_instance, exc.strerror or exc)
+        return STATUS_OUT_OF_RESOURCES, None
+    transfer_syntax = str(event.context.transfer_syntax)
+    try:
+        ids = read_identifiers(staged.path, staged.dataset_offset, transfer_syntax)
+    except ValueError as exc:
+        staged.discard()
+        LOG.error("cannot understand the data set of %s from %s: %s", sop_instance, ctx.calling_ae, exc)
+        return STATUS_CANNOT_UNDERSTAND, None
+    mismatch = _mismatch(ids, sop_class, sop_instance, ctx.config.uid_padding)
+    if mismatch:
+        staged.discard()
+        LOG.error("%s; answering 0xA900 (data set does not match SOP class), nothing stored", mismatch)
+        return STATUS_DATASET_DOES_NOT_MATCH_SOP_CLASS, None
+    try:
+        final = _final_path(ctx, sop_class, sop_instance)
+    except UnsafeName as exc:
+        staged.discard()
+        LOG.error("%s (from %s at %s); answering 0xC000, nothing stored", exc, ctx.calling_ae, ctx.peer)
+        return STATUS_CANNOT_UNDERSTAND, None
+    try:
+        policy = ctx.config.on_duplicate
+        if policy == "unique" and final.exists():
+            final = final.with_name(ctx.naming.unique_variant(sop_class))
+            policy = "keep-first"
+        stored = publish(staged, final, policy, ctx.config.fsync)
+    except OSError as exc:
+        staged.discard()
+        LOG.error("cannot store %s: %s; answering Out of Resources", final, exc.strerror or exc)
+        return STATUS_OUT_OF_RESOURCES, None
+    if stored is None:
+        LOG.warning("file %s already exists, keeping the first copy (on_duplicate = keep-first)", final)
+        return STATUS_SUCCESS, final
+    LOG.info("storing DICOM file: %s", stored)
+    return STATUS_SUCCESS, stored
+
+
+def _mismatch(ids: Identifiers, sop_class: str, sop_instance: str, uid_padding: bool) -> str | None:
+    def norm(uid: str | None) -> str | None:
+        return uid.rstrip(" ") if (uid is not None and uid_padding) else uid
+
+    if norm(ids.sop_class_uid) != norm(sop_class):
+        return f"SOP Class UID of the data set ({ids.sop_class_uid}) differs from the C-STORE request ({sop_class})"
+    if norm(ids.sop_instance_uid) != norm(sop_instance):
+        return (f"SOP Instance UID of the data set ({ids.sop_instance_uid}) differs from the C-STORE "
+                f"request ({sop_instance})")
+    return None
+
+
+def _final_path(ctx: StoreContext, sop_class: str, sop_instance: str) -> Path:
+    name = ctx.naming.name(sop_class, sop_instance)
+    if ctx.config.filenames == "timenames":
+        name = _serialised(ctx.output_dir, name)
+    path = ctx.output_dir / name
+    if path.parent != ctx.output_dir or os.sep in name or name in (".", ".."):
+        raise UnsafeName(f"file name {name!r} would leave the output directory")
+    return path
+
+
+def _serialised(directory: Path, name: str) -> str:
+    """DCMTK's -tn: a second file in the same millisecond gets _0000, _0001, ..."""
+    if not (directory / name).exists():
+        return name
+    stamp, rest = name.split(".", 1)
+    for serial in range(10000):
+        candidate = f"{stamp}_{serial:04d}.{rest}"
+        if not (directory / candidate).exists():
+            return candidate
+    raise UnsafeName(f"more than 10000 files named {name} in one millisecond")
+
+
+def _drop(ctx: StoreContext) -> None:
+    if ctx.current is not None:
+        ctx.current.discard()
+        ctx.current = None

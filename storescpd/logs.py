@@ -1,0 +1,35 @@
+"""stderr logging in DCMTK's style ("W: message"); journald adds time and pid."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+LEVELS = {
+    "fatal": logging.CRITICAL,
+    "error": logging.ERROR,
+    "warn": logging.WARNING,
+    "info": logging.INFO,
+    "debug": logging.DEBUG,
+    "trace": logging.DEBUG - 5,
+}
+_LETTERS = {logging.CRITICAL: "F", logging.ERROR: "E", logging.WARNING: "W", logging.INFO: "I",
+            logging.DEBUG: "D", logging.DEBUG - 5: "T"}
+
+
+class _DcmtkFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        record.letter = _LETTERS.get(record.levelno, "I")
+        return super().format(record)
+
+
+def setup_logging(level: str) -> None:
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_DcmtkFormatter("%(letter)s: %(message)s"))
+    root.addHandler(handler)
+    root.setLevel(LEVELS[level])
+    # pynetdicom is chatty at info; its details belong to debug, as DCMTK's network layer's do.
+    logging.getLogger("pynetdicom").setLevel(LEVELS[level] if LEVELS[level] <= logging.DEBUG else logging.WARNING)

@@ -1,0 +1,52 @@
+"""Entry point after configuration: pick the process mode and serve."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import sys
+from typing import Sequence
+
+from .config import Config
+from .listeners import bind_listener, inherited_sockets
+from .scp import serve_association
+
+LOG = logging.getLogger("storescpd")
+
+
+def run(config: Config, argv: Sequence[str]) -> int:
+    if config.inetd:
+        return run_inetd(config)
+    inherited = inherited_sockets()
+    if "connection" in inherited:
+        serve_association(inherited["connection"][0], config)
+        return 0
+    listeners = inherited.get("dicom") or [bind_listener(config.bind, config.port)]
+    if config.process_mode == "single":
+        return run_single(config, listeners[0])
+    from .supervisor import Supervisor
+
+    return Supervisor(config, argv, listeners).run()
+
+
+def run_inetd(config: Config) -> int:
+    """inetd 'nowait': the association's socket is our stdin."""
+    sock = socket.socket(fileno=os.dup(sys.stdin.fileno()))
+    # stdout belongs to inetd's socket too: never write logs there.
+    serve_association(sock, config)
+    return 0
+
+
+def run_single(config: Config, listener: socket.socket) -> int:
+    """DCMTK's default: one process, one association at a time."""
+    LOG.info("listening on %s (single process)", listener.getsockname())
+    try:
+        while True:
+            conn, _addr = listener.accept()
+            try:
+                serve_association(conn, config)
+            except Exception:
+                LOG.exception("association failed")
+    except KeyboardInterrupt:
+        return 0

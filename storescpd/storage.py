@@ -1,0 +1,253 @@
+"""Where received objects go: staging files, DCMTK-compatible names, atomic durable publish.
+
+A staging file lives in ``<output>/.storescpd-staging/`` (same filesystem as every final
+name, so publishing is one ``rename``). Nothing under a final name is ever partial.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import re
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydicom.uid import generate_uid
+
+from . import UID_ROOT
+from .sop_classes import file_prefix
+
+LOG = logging.getLogger("storescpd.storage")
+
+STAGING_DIR_NAME = ".storescpd-staging"
+_SAFE_UID = re.compile(r"^[0-9A-Za-z][0-9A-Za-z._-]{0,63}$")
+
+
+class UnsafeName(ValueError):
+    """A peer-supplied value that would escape the output directory or is not a UID."""
+
+
+def safe_uid_component(uid: str) -> str:
+    """A UID fit to be part of a file name, or UnsafeName.
+
+    A DICOM UID is digits and dots; we also tolerate letters, '-' and '_' (seen from
+    broken modalities) but never a path separator, NUL, '..' or a leading dot.
+    """
+    uid = uid.rstrip("\0 ")
+    if not _SAFE_UID.match(uid) or ".." in uid:
+        raise UnsafeName(f"SOP Instance UID {uid!r} is not a valid UID and cannot name a file")
+    return uid
+
+
+class StagingFile:
+    """A file being received; becomes visible only through ``publish``."""
+
+    def __init__(self, staging_dir: Path) -> None:
+        fd, name = _mkstemp(staging_dir)
+        self.path = Path(name)
+        self.file = os.fdopen(fd, "wb", buffering=1 << 20)
+        self.dataset_offset = 0
+        self.closed = False
+
+    @property
+    def name(self) -> str:
+        # pynetdicom closes and unlinks ``name`` after the C-STORE handler: a no-op once
+        # published, the clean-up of an abandoned staging file otherwise.
+        return str(self.path)
+
+    def write(self, data: bytes | memoryview) -> None:
+        self.file.write(data)
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.file.close()
+
+    def finish(self, fsync: bool) -> None:
+        """Flush (and fsync) the content; raises OSError on any write failure."""
+        if self.closed:
+            return
+        try:
+            self.file.flush()
+            if fsync:
+                os.fsync(self.file.fileno())
+        finally:
+            self.closed = True
+            self.file.close()
+
+    def discard(self) -> None:
+        if not self.closed:
+            self.closed = True
+            try:
+                self.file.close()
+            except OSError:
+                pass
+        try:
+            self.path.unlink()
+        except FileNotFoundError:
+            pass
+
+
+_counter_lock = threading.Lock()
+_counter = 0
+
+
+def _mkstemp(staging_dir: Path) -> tuple[int, str]:
+    global _counter
+    with _counter_lock:
+        _counter += 1
+        n = _counter
+    for attempt in range(100):
+        name = staging_dir / f"{os.getpid()}-{n}-{attempt}.part"
+        try:
+            fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+            return fd, str(name)
+        except FileExistsError:
+            continue
+    raise OSError(errno.EEXIST, f"cannot create a staging file in {staging_dir}")
+
+
+def prepare_staging_dir(output_dir: Path) -> Path:
+    """Create the staging folder and remove what a crashed process of ours left there."""
+    staging = output_dir / STAGING_DIR_NAME
+    staging.mkdir(mode=0o700, exist_ok=True)
+    for leftover in staging.glob("*.part"):
+        pid = leftover.name.split("-", 1)[0]
+        if pid.isdigit() and not _pid_alive(int(pid)):
+            try:
+                leftover.unlink()
+            except OSError:
+                pass
+    return staging
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@dataclass
+class Naming:
+    """DCMTK storescp's file naming (-uf, +uf, -tn, -fe)."""
+
+    mode: str = "default"
+    extension: str = ""
+
+    def name(self, sop_class_uid: str, sop_instance_uid: str) -> str:
+        prefix = file_prefix(sop_class_uid)
+        if self.mode == "unique":
+            return f"{prefix}.X.{generate_uid(prefix=UID_ROOT)}{self.extension}"
+        if self.mode == "timenames":
+            return f"{_timestamp()}.{prefix}{self.extension}"
+        return f"{prefix}.{safe_uid_component(sop_instance_uid)}{self.extension}"
+
+    def unique_variant(self, sop_class_uid: str) -> str:
+        return Naming("unique", self.extension).name(sop_class_uid, "")
+
+
+def _timestamp() -> str:
+    now = time.time()
+    lt = time.localtime(now)
+    return time.strftime("%Y%m%d%H%M%S", lt) + f"{int(now * 1000) % 1000:03d}"
+
+
+def publish(staged: StagingFile, final: Path, on_duplicate: str, fsync: bool) -> Path | None:
+    """Give the staged file its final name; returns the path, or None if an existing file was kept.
+
+    overwrite: atomic replace (DCMTK's behaviour). keep-first: never replace. The caller
+    chooses another name for "unique" before calling.
+    """
+    final.parent.mkdir(parents=True, exist_ok=True)
+    if on_duplicate == "keep-first":
+        try:
+            os.link(staged.path, final)
+        except FileExistsError:
+            staged.discard()
+            return None
+        staged.path.unlink()
+    else:
+        if final.exists():
+            LOG.warning("file %s already exists, overwriting", final)
+        os.replace(staged.path, final)
+    if fsync:
+        fsync_dir(final.parent)
+    return final
+
+
+def fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@dataclass
+class Identifiers:
+    """The few data set attributes storage decisions need, read from a staged file."""
+
+    sop_class_uid: str | None
+    sop_instance_uid: str | None
+    study_instance_uid: str | None
+    patient_name: bytes | None
+    specific_character_set: str | None
+
+
+_DEFLATED = "1.2.840.10008.1.2.1.99"
+_LAST_TAG_NEEDED = 0x0020000D
+_DEFLATED_PEEK = 4 << 20
+
+
+def read_identifiers(path: Path, offset: int, transfer_syntax: str) -> Identifiers:
+    """Parse the top-level elements up to Study Instance UID; raises ValueError if unreadable."""
+    import zlib
+    from io import BytesIO
+
+    from pydicom.filereader import read_dataset
+    from pydicom.uid import UID
+
+    ts = UID(transfer_syntax)
+    with open(path, "rb") as fh:
+        fh.seek(offset)
+        stream = fh
+        if ts == _DEFLATED:
+            inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+            stream = BytesIO(inflater.decompress(fh.read(_DEFLATED_PEEK)))  # type: ignore[assignment]
+        try:
+            ds = read_dataset(
+                stream,
+                ts.is_implicit_VR if ts.is_transfer_syntax else False,
+                ts.is_little_endian if ts.is_transfer_syntax else True,
+                stop_when=lambda tag, vr, length: tag > _LAST_TAG_NEEDED,
+                defer_size=4096,
+            )
+        except Exception as exc:  # pydicom raises many kinds on garbage
+            raise ValueError(f"data set cannot be parsed: {exc}") from exc
+
+    def text(keyword: str) -> str | None:
+        try:
+            value = ds.get(keyword)
+        except Exception as exc:
+            raise ValueError(f"{keyword} cannot be decoded: {exc}") from exc
+        if value in (None, ""):
+            return None
+        return str(value[0] if isinstance(value, list) else value).rstrip("\0 ")
+
+    raw_name = ds.get_item(0x00100010)
+    return Identifiers(
+        sop_class_uid=text("SOPClassUID"),
+        sop_instance_uid=text("SOPInstanceUID"),
+        study_instance_uid=text("StudyInstanceUID"),
+        patient_name=bytes(raw_name.value) if raw_name is not None and raw_name.value else None,
+        specific_character_set=text("SpecificCharacterSet"),
+    )
