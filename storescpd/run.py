@@ -11,11 +11,13 @@ from typing import Sequence
 from .config import Config
 from .listeners import bind_listener, inherited_sockets
 from .scp import serve_association
+from .systemd import notify, take_notify_socket
 
 LOG = logging.getLogger("storescpd")
 
 
 def run(config: Config, argv: Sequence[str]) -> int:
+    take_notify_socket()
     if config.inetd:
         return run_inetd(config)
     inherited = inherited_sockets()
@@ -41,6 +43,7 @@ def run_inetd(config: Config) -> int:
 def run_single(config: Config, listener: socket.socket) -> int:
     """DCMTK's default: one process, one association at a time."""
     LOG.info("listening on %s (single process)", listener.getsockname())
+    notify("READY=1", "STATUS=listening, single process")
     try:
         while True:
             conn, _addr = listener.accept()
