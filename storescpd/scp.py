@@ -53,11 +53,13 @@ def application_entity(config: Config) -> AE:
 
 
 def serve_association(sock: socket.socket, config: Config, emit: EventSink = _no_events,
-                      admit: Any = None) -> dict[str, Any]:
+                      admit: Any = None, role: str = "dicom", on_association: Any = None) -> dict[str, Any]:
     """Serve one DICOM association on ``sock`` until it ends; returns its summary.
 
     ``admit`` (optional) is called with the association before negotiation and returns
-    None to accept or a reason string to reject with local-limit-exceeded.
+    None to accept or a reason string to reject with local-limit-exceeded. ``role`` names
+    the listener the connection came from ("dicom" or "dicom-tls"). ``on_association``
+    (optional) receives the pynetdicom Association before it starts (to abort it later).
     """
     global _installed
     if not _installed:
@@ -114,6 +116,8 @@ def serve_association(sock: socket.socket, config: Config, emit: EventSink = _no
     ]
     for event, *handler in handlers:
         assoc.bind(event, *handler)
+    if on_association is not None:
+        on_association(assoc)
     evt.trigger(assoc, evt.EVT_CONN_OPEN, {"address": _remote_tuple(sock)})
     started = time.monotonic()
     try:
