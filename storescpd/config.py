@@ -176,14 +176,14 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     # multi-process options
     Setting(
-        "process_mode", "single",
+        "process_mode", "prefork",
         "prefork: a pool of worker processes; fork: one process per association (DCMTK --fork); "
         "single: one association at a time in one process (DCMTK default)",
         G_MULTI,
         flags=(
-            _flag(None, "--single-process", "single process mode (default)", const="single"),
+            _flag(None, "--single-process", "single process mode (DCMTK's default)", const="single"),
             _flag(None, "--fork", "fork child process for each association", const="fork"),
-            _flag(None, "--prefork", "pre-forked pool of --workers processes (storescpd)", const="prefork"),
+            _flag(None, "--prefork", "pre-forked pool of --workers processes (default)", const="prefork"),
         ),
         choices=PROCESS_MODES, reloadable=False,
     ),

@@ -24,9 +24,14 @@ def run(config: Config, argv: Sequence[str]) -> int:
     if "connection" in inherited:
         serve_association(inherited["connection"][0], config)
         return 0
-    listeners = inherited.get("dicom") or [bind_listener(config.bind, config.port)]
+    listeners = {role: socks for role, socks in inherited.items() if role != "connection"}
+    if "dicom" not in listeners:
+        listeners["dicom"] = [bind_listener(config.bind, config.port)]
+    tls_port = config.values.get("tls_port")
+    if tls_port and "dicom-tls" not in listeners:
+        listeners["dicom-tls"] = [bind_listener(config.bind, tls_port)]
     if config.process_mode == "single":
-        return run_single(config, listeners[0])
+        return run_single(config, listeners["dicom"][0])
     from .supervisor import Supervisor
 
     return Supervisor(config, argv, listeners).run()

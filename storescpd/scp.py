@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import time
 from datetime import datetime
@@ -82,15 +83,14 @@ def serve_association(sock: socket.socket, config: Config, emit: EventSink = _no
         primitive = rq.primitive
         ctx.calling_ae = str(getattr(primitive, "calling_ae_title", "") or "").strip()
         ctx.called_ae = str(getattr(primitive, "called_ae_title", "") or "").strip()
+        emit("association_requested", {"calling_ae": ctx.calling_ae, "called_ae": ctx.called_ae, "peer": peer})
         reason = _rejection(config, rq, admit, event.assoc)
         if reason is not None:
             result, source, diag, text = reason
-            LOG.info("rejecting association from %s (%s): %s", ctx.calling_ae, peer, text)
+            LOG.warning("rejecting association from %s (%s): %s", ctx.calling_ae, peer, text)
             summary["outcome"] = "rejected"
             summary["reject_reason"] = text
             event.assoc.acse.send_reject(result, source, diag)
-            return
-        emit("association_requested", {"calling_ae": ctx.calling_ae, "called_ae": ctx.called_ae, "peer": peer})
 
     def on_accepted(event: Any) -> None:
         summary["outcome"] = "accepted"
@@ -200,7 +200,7 @@ def _close(assoc: Association, sock: socket.socket) -> None:
 
 def _log_summary(s: dict[str, Any]) -> None:
     LOG.info(
-        "association from %s (%s) to %s: %s, %d objects stored, %d failed, %d bytes, %.3f s",
+        "association from %s (%s) to %s: %s, %d objects stored, %d failed, %d bytes, %.3f s, worker %d",
         s.get("calling_ae") or "?", s["peer"], s.get("called_ae") or "?", s["outcome"], s["objects"],
-        s["failures"], s["bytes"], s["duration"],
+        s["failures"], s["bytes"], s["duration"], os.getpid(),
     )

@@ -1,0 +1,570 @@
+"""The arbiter: single-threaded, owns the listening sockets, never speaks DICOM.
+
+It accepts connections but hands each to a worker only once the peer has sent something
+(the A-ASSOCIATE-RQ, or a TLS ClientHello): idle TCP connections cost one descriptor here
+and are closed after the ACSE timeout, so they can never occupy the workers a real peer
+needs. Workers report events; the supervisor keeps the association table and the counters,
+answers their questions (admission, studies) and the control socket, and reaps every child.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import selectors
+import signal
+import socket
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from . import ipc
+from .config import Config, ConfigError
+from .storage import STAGING_DIR_NAME
+from .systemd import notify, reloading, watchdog_interval
+from .worker import WORKER_BOOT_ERROR, start_worker
+
+LOG = logging.getLogger("storescpd.supervisor")
+
+TICK_SECONDS = 0.5
+HANDLED_SIGNALS = ("SIGTERM", "SIGINT", "SIGQUIT", "SIGHUP", "SIGCHLD", "SIGTTIN", "SIGTTOU")
+CRASH_WINDOW_SECONDS = 10.0
+CRASH_LIMIT = 10  # worker deaths without any association served in the window: stop re-forking
+EXIT_OK = 0
+EXIT_FAILURE = 1
+
+
+@dataclass
+class Child:
+    pid: int
+    kind: str  # "worker" (pool), "fork" (one association) or "hook"/"api"
+    generation: int
+    channel: socket.socket | None = None
+    busy: bool = False
+    served: int = 0
+    started: float = field(default_factory=time.time)
+    association: str | None = None
+
+
+@dataclass
+class Pending:
+    sock: socket.socket
+    role: str
+    since: float
+
+
+@dataclass
+class AssociationInfo:
+    id: str
+    worker_pid: int
+    peer: str
+    started: float
+    calling_ae: str = ""
+    called_ae: str = ""
+    state: str = "negotiating"
+    objects_received: int = 0
+    bytes_received: int = 0
+    last_sop_class: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id, "peer": self.peer, "calling_ae": self.calling_ae, "called_ae": self.called_ae,
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(self.started)),
+            "worker_pid": self.worker_pid, "state": self.state, "objects_received": self.objects_received,
+            "bytes_received": self.bytes_received, "last_sop_class": self.last_sop_class,
+        }
+
+
+class Supervisor:
+    def __init__(self, config: Config, argv: Sequence[str], listeners: dict[str, list[socket.socket]],
+                 reload_config: Callable[[], Config] | None = None) -> None:
+        self.config = config
+        self.argv = list(argv)
+        self.listeners = listeners
+        self.reload_config = reload_config or self._load_from_argv
+        self.mode = config.process_mode
+        self.generation = 0
+        self.children: dict[int, Child] = {}
+        self.pending: dict[int, Pending] = {}
+        self.ready_queue: list[Pending] = []
+        self.associations: dict[str, AssociationInfo] = {}
+        self.counters: dict[str, int] = {}
+        self.signal_queue: list[int] = []
+        self.stopping: str | None = None  # "graceful" or "quick"
+        self.stop_deadline = 0.0
+        self.crashes: list[float] = []
+        self.boot_failed = False
+        self.started = time.time()
+        self.config_loaded = time.time()
+        self.last_reload: dict[str, Any] = {"result": None, "message": "", "time": None}
+        self.selector = selectors.DefaultSelector()
+        self.event_hooks: list[Callable[[str, dict[str, Any], Child], None]] = []
+        self.ask_handlers: dict[str, Callable[[dict[str, Any], Child], Any]] = {"admit": self._ask_admit}
+        self._assoc_serial = 0
+        self._wakeup_r, self._wakeup_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._next_watchdog = 0.0
+
+    # ---- main loop -------------------------------------------------------
+    def run(self) -> int:
+        self._install_signals()
+        for role, socks in self.listeners.items():
+            for sock in socks:
+                sock.setblocking(False)
+                self.selector.register(sock, selectors.EVENT_READ, ("listener", role))
+        self.selector.register(self._wakeup_r, selectors.EVENT_READ, ("wakeup", None))
+        self.manage_workers()
+        addresses = ", ".join(f"{role} {s.getsockname()}" for role, socks in self.listeners.items() for s in socks)
+        LOG.info("listening on %s (%s mode)", addresses, self.mode)
+        notify("READY=1", f"STATUS={self.status_line()}", f"MAINPID={os.getpid()}")
+        while True:
+            self.wait_for_events()
+            self.handle_signals()
+            self.reap_children()
+            if self.boot_failed:
+                LOG.error("a worker could not start; stopping instead of re-forking (see the messages above)")
+                self.stop_all(signal.SIGKILL)
+                return EXIT_FAILURE
+            if self.stopping and self.drained():
+                break
+            self.expire_pending()
+            self.dispatch_ready()
+            self.manage_workers()
+            self.keepalive()
+        notify("STATUS=stopped")
+        LOG.info("stopped")
+        return EXIT_OK
+
+    def wait_for_events(self) -> None:
+        for key, _mask in self.selector.select(TICK_SECONDS):
+            kind, data = key.data
+            if kind == "listener":
+                self.accept(key.fileobj, data)  # type: ignore[arg-type]
+            elif kind == "pending":
+                self.connection_readable(key.fileobj)  # type: ignore[arg-type]
+            elif kind == "child":
+                self.read_child(data)
+            elif kind == "wakeup":
+                self._drain_wakeup()
+            elif callable(data):
+                data(key.fileobj)
+
+    # ---- signals: handlers only enqueue; the loop dispatches handle_<name> ---
+    def _install_signals(self) -> None:
+        for name in HANDLED_SIGNALS:
+            signal.signal(getattr(signal, name), self._enqueue_signal)
+        signal.set_wakeup_fd(self._wakeup_w, warn_on_full_buffer=False)
+
+    def _enqueue_signal(self, signum: int, frame: Any) -> None:
+        if len(self.signal_queue) < 20:
+            self.signal_queue.append(signum)
+
+    def _drain_wakeup(self) -> None:
+        try:
+            while os.read(self._wakeup_r, 512):
+                pass
+        except BlockingIOError:
+            pass
+
+    def handle_signals(self) -> None:
+        while self.signal_queue:
+            signum = self.signal_queue.pop(0)
+            handler = getattr(self, "handle_" + signal.Signals(signum).name[3:].lower(), None)
+            if handler:
+                handler()
+
+    def handle_chld(self) -> None:
+        pass  # reap_children runs every turn of the loop
+
+    def handle_ttin(self) -> None:
+        self.config = self.config.replace(workers=self.config.workers + 1)
+
+    def handle_ttou(self) -> None:
+        self.config = self.config.replace(workers=max(1, self.config.workers - 1))
+
+    def handle_term(self) -> None:
+        self.begin_stop("graceful")
+
+    def handle_int(self) -> None:
+        self.begin_stop("quick")
+
+    def handle_quit(self) -> None:
+        self.begin_stop("quick")
+
+    def handle_hup(self) -> None:
+        self.reload()
+
+    # ---- stopping ----------------------------------------------------------
+    def begin_stop(self, how: str) -> None:
+        if self.stopping == "quick" or self.stopping == how:
+            return
+        self.stopping = how
+        self.stop_deadline = time.monotonic() + (self.config.graceful_timeout if how == "graceful" else 0)
+        notify("STOPPING=1", f"STATUS=stopping ({how}), {len(self.associations)} associations running")
+        LOG.info("stopping (%s): %d associations running", how, len(self.associations))
+        for role, socks in self.listeners.items():
+            for sock in socks:
+                self.selector.unregister(sock)
+                sock.close()
+        self.listeners = {}
+        for p in list(self.pending.values()) + self.ready_queue:
+            self._drop_pending(p)
+        self.ready_queue = []
+        sig = signal.SIGTERM if how == "graceful" else signal.SIGINT
+        self.stop_all(sig)
+
+    def stop_all(self, sig: int) -> None:
+        for child in list(self.children.values()):
+            if child.kind in ("worker", "fork", "api"):
+                self._kill(child.pid, sig)
+
+    def drained(self) -> bool:
+        live = [c for c in self.children.values() if c.kind in ("worker", "fork", "api")]
+        if not live:
+            return True
+        if time.monotonic() >= self.stop_deadline:
+            if self.stopping == "graceful" and any(c.busy for c in live):
+                LOG.warning("graceful timeout: aborting %d running associations", sum(c.busy for c in live))
+            for child in live:
+                self._kill(child.pid, signal.SIGKILL)
+            self.stop_deadline = time.monotonic() + 5
+        return False
+
+    # ---- connections ---------------------------------------------------------
+    def accept(self, listener: socket.socket, role: str) -> None:
+        for _ in range(64):
+            try:
+                conn, _addr = listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    LOG.error("cannot accept a connection: %s", exc.strerror)
+                    return
+                raise
+            conn.setblocking(False)
+            pending = Pending(conn, role, time.monotonic())
+            self.pending[conn.fileno()] = pending
+            self.selector.register(conn, selectors.EVENT_READ, ("pending", None))
+
+    def connection_readable(self, conn: socket.socket) -> None:
+        pending = self.pending.pop(conn.fileno())
+        self.selector.unregister(conn)
+        self.ready_queue.append(pending)
+
+    def expire_pending(self) -> None:
+        limit = time.monotonic() - self.config.acse_timeout
+        for p in [p for p in self.pending.values() if p.since < limit]:
+            LOG.info("closing a connection that sent no association request within %d s", self.config.acse_timeout)
+            self.count("connections_timed_out")
+            self._drop_pending(p)
+
+    def _drop_pending(self, p: Pending) -> None:
+        if self.pending.pop(p.sock.fileno(), None) is not None:
+            self.selector.unregister(p.sock)
+        p.sock.close()
+
+    def dispatch_ready(self) -> None:
+        while self.ready_queue:
+            p = self.ready_queue[0]
+            if self.mode == "fork":
+                self.spawn_fork_child(p)
+            else:
+                idle = next((c for c in self.children.values()
+                             if c.kind == "worker" and not c.busy and c.generation == self.generation), None)
+                if idle is None:
+                    return
+                self.hand_over(idle, p)
+            self.ready_queue.pop(0)
+
+    def hand_over(self, child: Child, p: Pending) -> None:
+        assert child.channel is not None
+        try:
+            ipc.send(child.channel, {"conn": {"role": p.role}}, [p.sock.fileno()])
+            child.busy = True
+        except OSError as exc:
+            LOG.warning("cannot hand a connection to worker %d: %s", child.pid, exc)
+        finally:
+            p.sock.close()
+
+    # ---- children ------------------------------------------------------------
+    def manage_workers(self) -> None:
+        if self.stopping or self.mode != "prefork":
+            return
+        current = [c for c in self.children.values() if c.kind == "worker" and c.generation == self.generation]
+        for _ in range(self.config.workers - len(current)):
+            if not self.spawn_worker():
+                return
+        surplus = [c for c in current if not c.busy][: max(0, len(current) - self.config.workers)]
+        for child in surplus:
+            self._kill(child.pid, signal.SIGTERM)
+
+    def spawn_worker(self) -> bool:
+        if self._crash_looping():
+            return False
+        return self._fork("worker", lambda channel: start_worker(self.config, channel, self.generation,
+                                                                 self.config.max_requests)) is not None
+
+    def spawn_fork_child(self, p: Pending) -> None:
+        def child_main(channel: socket.socket) -> None:
+            from .worker import Worker
+
+            worker = Worker(self.config, channel, self.generation, 1)
+            worker._install_signals()
+            fd = os.dup(p.sock.fileno())
+            worker._serve(fd, {"role": p.role})
+            os._exit(0)
+
+        child = self._fork("fork", child_main, keep=p.sock)
+        if child is not None:
+            child.busy = True
+        p.sock.close()
+
+    def _fork(self, kind: str, target: Callable[[socket.socket], None], keep: socket.socket | None = None) -> Child | None:
+        parent_end, child_end = ipc.channel_pair()
+        try:
+            pid = os.fork()
+        except OSError as exc:
+            LOG.error("cannot fork a %s: %s", kind, exc.strerror)
+            parent_end.close()
+            child_end.close()
+            return None
+        if pid == 0:  # child
+            try:
+                parent_end.close()
+                self._become_child(keep)
+                target(child_end)
+            finally:
+                os._exit(1)
+        child_end.close()
+        child = Child(pid, kind, self.generation, parent_end)
+        self.children[pid] = child
+        parent_end.setblocking(False)
+        self.selector.register(parent_end, selectors.EVENT_READ, ("child", child))
+        return child
+
+    def _become_child(self, keep: socket.socket | None) -> None:
+        signal.set_wakeup_fd(-1)
+        for name in HANDLED_SIGNALS:
+            signal.signal(getattr(signal, name), signal.SIG_DFL)
+        for socks in self.listeners.values():
+            for sock in socks:
+                sock.close()
+        for p in self.pending.values():
+            if p.sock is not keep:
+                p.sock.close()
+        for p in self.ready_queue:
+            if p.sock is not keep:
+                p.sock.close()
+        for child in self.children.values():
+            if child.channel is not None:
+                child.channel.close()
+        self.selector.close()
+        os.close(self._wakeup_r)
+        os.close(self._wakeup_w)
+
+    def reap_children(self) -> None:
+        """One reaper for every kind of child (workers, fork children, hooks, API)."""
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            code = os.waitstatus_to_exitcode(status)
+            child = self.children.pop(pid, None)
+            for hook in self.event_hooks:
+                hook("child_exited", {"pid": pid, "code": code}, child)  # type: ignore[arg-type]
+            if child is None:
+                continue
+            self._child_gone(child, code)
+
+    def _child_gone(self, child: Child, code: int) -> None:
+        if child.channel is not None:
+            self._drain_child(child)
+            self.selector.unregister(child.channel)
+            child.channel.close()
+        self._remove_staging_leftovers(child.pid)
+        for assoc_id, info in list(self.associations.items()):
+            if info.worker_pid == child.pid:
+                LOG.warning("worker %d ended (exit %d) during the association of %s: counted as aborted",
+                            child.pid, code, info.peer)
+                self.associations.pop(assoc_id)
+                self.count("associations_total.aborted")
+        if code == WORKER_BOOT_ERROR and child.kind in ("worker", "fork"):
+            self.boot_failed = True
+            return
+        if code != 0 and not self.stopping:
+            LOG.warning("%s %d exited with %d", child.kind, child.pid, code)
+            if child.served == 0:
+                self.crashes.append(time.monotonic())
+        if child.kind == "worker" and not self.stopping and child.generation == self.generation:
+            self.count("worker_restarts")
+
+    def _crash_looping(self) -> bool:
+        horizon = time.monotonic() - CRASH_WINDOW_SECONDS
+        self.crashes = [t for t in self.crashes if t > horizon]
+        if len(self.crashes) >= CRASH_LIMIT:
+            LOG.error("%d workers died within %d s without serving: waiting before forking again",
+                      len(self.crashes), CRASH_WINDOW_SECONDS)
+            return True
+        return False
+
+    def _remove_staging_leftovers(self, pid: int) -> None:
+        staging = Path(self.config.output_directory) / STAGING_DIR_NAME
+        for leftover in staging.glob(f"{pid}-*.part"):
+            try:
+                leftover.unlink()
+                LOG.info("removed %s left by worker %d", leftover.name, pid)
+            except OSError:
+                pass
+
+    def _kill(self, pid: int, sig: int) -> None:
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+
+    # ---- worker messages -----------------------------------------------------
+    def read_child(self, child: Child) -> None:
+        assert child.channel is not None
+        for _ in range(100):
+            try:
+                message, fds = ipc.receive(child.channel)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                return
+            for fd in fds:
+                os.close(fd)
+            if message is None:
+                self.selector.unregister(child.channel)
+                child.channel.close()
+                child.channel = None
+                return
+            self.on_message(child, message)
+
+    def _drain_child(self, child: Child) -> None:
+        if child.channel is not None:
+            self.read_child(child)
+
+    def on_message(self, child: Child, message: dict[str, Any]) -> None:
+        if "ask" in message:
+            handler = self.ask_handlers.get(message["ask"])
+            value = handler(message, child) if handler else None
+            if child.channel is not None:
+                try:
+                    ipc.send(child.channel, {"reply": message["id"], "value": value})
+                except OSError:
+                    pass
+            return
+        kind = message.pop("event", "")
+        self.on_event(kind, message, child)
+
+    def on_event(self, kind: str, data: dict[str, Any], child: Child) -> None:
+        if kind == "association_requested":
+            self._assoc_serial += 1
+            assoc_id = f"{child.pid}-{self._assoc_serial}"
+            child.association = assoc_id
+            self.associations[assoc_id] = AssociationInfo(
+                assoc_id, child.pid, data.get("peer", ""), time.time(), data.get("calling_ae", ""),
+                data.get("called_ae", ""))
+        elif kind == "association_accepted":
+            info = self._info(child)
+            if info:
+                info.state = "established"
+        elif kind == "stored":
+            info = self._info(child)
+            if info:
+                info.objects_received += 1
+                info.last_sop_class = data.get("sop_class", "")
+            self.count(f"objects_stored.{data.get('status', 'failure')}")
+        elif kind == "progress":
+            info = self._info(child)
+            if info:
+                info.bytes_received = data.get("bytes", info.bytes_received)
+        elif kind == "association_ended":
+            outcome = data.get("outcome", "aborted")
+            self.count(f"associations_total.{outcome}")
+            self.count_bytes(data.get("bytes", 0))
+            if child.association:
+                self.associations.pop(child.association, None)
+            child.association = None
+        elif kind == "idle":
+            child.busy = False
+            child.served = data.get("served", child.served)
+            if self.stopping or child.generation != self.generation:
+                self._kill(child.pid, signal.SIGTERM)
+        for hook in self.event_hooks:
+            hook(kind, data, child)
+
+    def _info(self, child: Child) -> AssociationInfo | None:
+        return self.associations.get(child.association or "")
+
+    def _ask_admit(self, message: dict[str, Any], child: Child) -> str | None:
+        limit = self.config.max_associations
+        if limit and len(self.associations) > limit:
+            self.count("associations_rejected.local_limit")
+            return f"{len(self.associations) - 1} associations already running (max_associations = {limit})"
+        return None
+
+    def count(self, name: str, n: int = 1) -> None:
+        self.counters[name] = self.counters.get(name, 0) + n
+
+    def count_bytes(self, n: int) -> None:
+        self.count("received_bytes", int(n or 0))
+
+    # ---- reload --------------------------------------------------------------
+    def _load_from_argv(self) -> Config:
+        from .cli import load_config
+
+        config, _control = load_config(self.argv)
+        return config
+
+    def reload(self) -> dict[str, Any]:
+        """nginx's reload: validate completely; on failure keep the old configuration and say why."""
+        reloading()
+        try:
+            new = self.reload_config()
+        except (ConfigError, OSError, ValueError) as exc:
+            message = str(exc)
+            LOG.error("reload failed, keeping the running configuration: %s", message)
+            self.last_reload = {"result": "failure", "message": message, "time": time.time()}
+            self.count("config_reloads.failure")
+            notify("READY=1", f"STATUS=reload failed: {message.splitlines()[0][:200]}; {self.status_line()}")
+            return self.last_reload
+        fixed = [name for name in ("port", "bind", "process_mode", "inetd", "run_directory")
+                 if new.values.get(name) != self.config.values.get(name)]
+        if fixed:
+            LOG.warning("reload: %s cannot change without a restart; keeping the running value(s)", ", ".join(fixed))
+            new = new.replace(**{name: self.config.values[name] for name in fixed})
+        self.config = new
+        self.generation += 1
+        self.config_loaded = time.time()
+        for child in self.children.values():
+            if child.kind == "worker" and not child.busy:
+                self._kill(child.pid, signal.SIGTERM)
+        self.manage_workers()
+        message = "configuration reloaded" + (f" ({', '.join(fixed)} need a restart)" if fixed else "")
+        LOG.info(message)
+        self.last_reload = {"result": "success", "message": message, "time": time.time()}
+        self.count("config_reloads.success")
+        for hook in self.event_hooks:
+            hook("reloaded", {}, None)  # type: ignore[arg-type]
+        notify("READY=1", f"STATUS={self.status_line()}")
+        return self.last_reload
+
+    # ---- status ----------------------------------------------------------------
+    def status_line(self) -> str:
+        workers = sum(1 for c in self.children.values() if c.kind in ("worker", "fork"))
+        return (f"{len(self.associations)} associations, {workers} workers, "
+                f"{self.counters.get('objects_stored.success', 0)} objects stored")
+
+    def keepalive(self) -> None:
+        interval = watchdog_interval()
+        now = time.monotonic()
+        if now >= self._next_watchdog:
+            notify(*(["WATCHDOG=1"] if interval else []), f"STATUS={self.status_line()}")
+            self._next_watchdog = now + (interval or 5.0)
