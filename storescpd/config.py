@@ -191,7 +191,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "config_file", None, "association negotiation profile: [file, profile]", G_NETWORK,
         flags=(Flag("-xf", "--config-file", "use profile p from config file f", nargs=2,
-                    metavar=("[f]ilename", "[p]rofile: string"), status=NOT_YET,
+                    metavar=("[f]ilename", "[p]rofile: string"),
                     subgroup="association negotiation profile from configuration file:"),),
         type=list,
     ),
@@ -302,19 +302,27 @@ SETTINGS: tuple[Setting, ...] = (
             _flag("-tls", "--disable-tls", "use normal TCP/IP connection (default)", const=None,
                   subgroup="transport protocol stack:"),
             Flag("+tls", "--enable-tls", "use authenticated secure TLS connection", nargs=2,
-                 metavar=("[p]rivate key file", "[c]ertificate file: string"), status=NOT_YET,
+                 metavar=("[p]rivate key file", "[c]ertificate file: string"),
                  subgroup="transport protocol stack:"),
         ),
         type=list,
     ),
     Setting(
+        "tls_port", None, "also listen for TLS on this port while the main port stays plain (unset: with "
+        "+tls the main port is TLS, as in DCMTK)", G_TLS,
+        flags=(_value(None, "--tls-port", "[p]ort: integer",
+                      "also listen for TLS on port p, the main port stays plain\n(storescpd)",
+                      subgroup="transport protocol stack:"),),
+        type=int, minimum=1, maximum=65535, reloadable=False,
+    ),
+    Setting(
         "tls_password", None, "private key password; unset: prompt (+ps)", G_TLS,
         flags=(
             _flag("+ps", "--std-passwd", "prompt user to type password on stdin (default)", const=None,
-                  status=NOT_YET, subgroup="private key password (only with --enable-tls):"),
-            _value("+pw", "--use-passwd", "[p]assword: string", "use specified password", status=NOT_YET,
+                  subgroup="private key password (only with --enable-tls):"),
+            _value("+pw", "--use-passwd", "[p]assword: string", "use specified password",
                    subgroup="private key password (only with --enable-tls):"),
-            _flag("-pw", "--null-passwd", "use empty string as password", const="", status=NOT_YET,
+            _flag("-pw", "--null-passwd", "use empty string as password", const="",
                   subgroup="private key password (only with --enable-tls):"),
         ),
     ),
@@ -323,7 +331,7 @@ SETTINGS: tuple[Setting, ...] = (
         flags=(
             _flag("-pem", "--pem-keys", "read keys and certificates as PEM file (default)", const="pem",
                   subgroup="key and certificate file format:"),
-            _flag("-der", "--der-keys", "read keys and certificates as DER file", const="der", status=NOT_YET,
+            _flag("-der", "--der-keys", "read keys and certificates as DER file", const="der",
                   subgroup="key and certificate file format:"),
         ),
         choices=("pem", "der"),
@@ -331,75 +339,75 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "tls_ca_files", [], "certificate files of trusted CAs", G_TLS,
         flags=(_value("+cf", "--add-cert-file", "[f]ilename: string", "add certificate file to list of certificates",
-                      status=NOT_YET, subgroup="certification authority:"),),
+                      subgroup="certification authority:"),),
         type=list,
     ),
     Setting(
         "tls_ca_dirs", [], "directories of trusted CA certificates", G_TLS,
         flags=(_value("+cd", "--add-cert-dir", "[d]irectory: string", "add certificates in d to list of certificates",
-                      status=NOT_YET, subgroup="certification authority:"),),
+                      subgroup="certification authority:"),),
         type=list,
     ),
     Setting(
         "tls_crl_files", [], "certificate revocation list files (imply leaf CRL verification)", G_TLS,
         flags=(_value("+crl", "--add-crl-file", "[f]ilename: string",
-                      "add certificate revocation list file\n(implies --enable-crl-vfy)", status=NOT_YET,
+                      "add certificate revocation list file\n(implies --enable-crl-vfy)",
                       subgroup="certification authority:"),),
         type=list,
     ),
     Setting(
         "tls_crl_check", "none", "CRL verification: none, leaf or all", G_TLS,
         flags=(
-            _flag("+crv", "--enable-crl-vfy", "enable leaf CRL verification", const="leaf", status=NOT_YET,
+            _flag("+crv", "--enable-crl-vfy", "enable leaf CRL verification", const="leaf",
                   subgroup="certification authority:"),
-            _flag("+cra", "--enable-crl-all", "enable full chain CRL verification", const="all", status=NOT_YET,
+            _flag("+cra", "--enable-crl-all", "enable full chain CRL verification", const="all",
                   subgroup="certification authority:"),
         ),
         choices=("none", "leaf", "all"),
     ),
     Setting(
         "tls_profile", "bcp195-rfc8996", "TLS security profile", G_TLS,
-        flags=tuple(_flag(s, long, h, const=c, status=NOT_YET, subgroup="security profile:")
+        flags=tuple(_flag(s, long, h, const=c, subgroup="security profile:")
                     for s, long, c, h in TLS_PROFILES),
         choices=tuple(p[2] for p in TLS_PROFILES),
     ),
     Setting(
         "tls_list_ciphers", False, "show list of supported TLS ciphersuites and exit", G_TLS,
         flags=(_flag("+cc", "--list-ciphers", "show list of supported TLS ciphersuites and exit", const=True,
-                     status=NOT_YET, subgroup="ciphersuite:"),),
+                     subgroup="ciphersuite:"),),
         type=bool, in_file=False,
     ),
     Setting(
         "tls_ciphers", [], "ciphersuites to negotiate (added to the profile's)", G_TLS,
         flags=(_value("+cs", "--cipher", "[c]iphersuite name: string", "add ciphersuite to list of negotiated suites",
-                      status=NOT_YET, subgroup="ciphersuite:"),),
+                      subgroup="ciphersuite:"),),
         type=list,
     ),
     Setting(
         "tls_dhparam", None, "DH parameters file", G_TLS,
         flags=(_value("+dp", "--dhparam", "[f]ilename: string", "read DH parameters for DH/DSS ciphersuites",
-                      status=NOT_YET, subgroup="ciphersuite:"),),
+                      subgroup="ciphersuite:"),),
     ),
     Setting(
         "tls_expect_sni", None, "server name to expect in SNI; unset: no SNI", G_TLS,
         flags=(
             _flag(None, "--no-sni", "do not use SNI (default)", const=None, subgroup="server name indication:"),
             _value(None, "--expect-sni", "[s]erver name: string", "expect requests for server name s",
-                   status=NOT_YET, subgroup="server name indication:"),
+                   subgroup="server name indication:"),
         ),
     ),
     Setting(
         "tls_seed", None, "random seed file (accepted; Python's generator needs no seed)", G_TLS,
         flags=(_value("+rs", "--seed", "[f]ilename: string", "seed random generator with contents of f",
-                      status=NOT_YET, subgroup="pseudo random generator:"),),
+                      subgroup="pseudo random generator:"),),
     ),
     Setting(
         "tls_write_seed", None, "write back the seed file (accepted, no effect)", G_TLS,
         flags=(
             _flag("+ws", "--write-seed", "write back modified seed (only with --seed)", const=True,
-                  status=NOT_YET, subgroup="pseudo random generator:"),
+                  subgroup="pseudo random generator:"),
             _value("+wf", "--write-seed-file", "[f]ilename: string (only with --seed)",
-                   "write modified seed to file f", status=NOT_YET, subgroup="pseudo random generator:"),
+                   "write modified seed to file f", subgroup="pseudo random generator:"),
         ),
     ),
     Setting(
@@ -408,9 +416,9 @@ SETTINGS: tuple[Setting, ...] = (
             _flag("-rc", "--require-peer-cert", "verify peer certificate, fail if absent (default)",
                   const="require", subgroup="peer authentication:"),
             _flag("-vc", "--verify-peer-cert", "verify peer certificate if present", const="verify",
-                  status=NOT_YET, subgroup="peer authentication:"),
+                  subgroup="peer authentication:"),
             _flag("-ic", "--ignore-peer-cert", "don't verify peer certificate", const="ignore",
-                  status=NOT_YET, subgroup="peer authentication:"),
+                  subgroup="peer authentication:"),
         ),
         choices=("require", "verify", "ignore"),
     ),
@@ -442,7 +450,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "write_transfer_syntax", "same", "output transfer syntax", G_OUTPUT,
         flags=tuple(
-            _flag(s, long, h, const=c, status=SUPPORTED if c == "same" else NOT_YET,
+            _flag(s, long, h, const=c,
                   subgroup="output transfer syntax (not with --bit-preserving or compressed transmission):")
             for s, long, c, h in (
                 ("+t=", "--write-xfer-same", "same", "write with same TS as input (default)"),
@@ -460,7 +468,7 @@ SETTINGS: tuple[Setting, ...] = (
             _flag("+u", "--enable-new-vr", "enable support for new VRs (UN/UT) (default)", const=True,
                   subgroup="post-1993 value representations (not with --bit-preserving):"),
             _flag("-u", "--disable-new-vr", "disable support for new VRs, convert to OB", const=False,
-                  status=NOT_YET, subgroup="post-1993 value representations (not with --bit-preserving):"),
+                  subgroup="post-1993 value representations (not with --bit-preserving):"),
         ),
         type=bool,
     ),
@@ -470,9 +478,9 @@ SETTINGS: tuple[Setting, ...] = (
             _flag("+g=", "--group-length-recalc", "recalculate group lengths if present (default)", const="recalc",
                   subgroup="group length encoding (not with --bit-preserving):"),
             _flag("+g", "--group-length-create", "always write with group length elements", const="create",
-                  status=NOT_YET, subgroup="group length encoding (not with --bit-preserving):"),
+                  subgroup="group length encoding (not with --bit-preserving):"),
             _flag("-g", "--group-length-remove", "always write without group length elements", const="remove",
-                  status=NOT_YET, subgroup="group length encoding (not with --bit-preserving):"),
+                  subgroup="group length encoding (not with --bit-preserving):"),
         ),
         choices=("recalc", "create", "remove"),
     ),
@@ -481,7 +489,7 @@ SETTINGS: tuple[Setting, ...] = (
         flags=(
             _flag("+e", "--length-explicit", "write with explicit lengths (default)", const="explicit",
                   subgroup="length encoding in sequences and items (not with --bit-preserving):"),
-            _flag("-e", "--length-undefined", "write with undefined lengths", const="undefined", status=NOT_YET,
+            _flag("-e", "--length-undefined", "write with undefined lengths", const="undefined",
                   subgroup="length encoding in sequences and items (not with --bit-preserving):"),
         ),
         choices=("explicit", "undefined"),
@@ -492,7 +500,7 @@ SETTINGS: tuple[Setting, ...] = (
             _flag("-p", "--padding-off", "no padding (default)", const=None,
                   subgroup="data set trailing padding (not with --write-dataset or --bit-preserving):"),
             Flag("+p", "--padding-create", "align file on multiple of f bytes and items on\nmultiple of i bytes",
-                 nargs=2, metavar=("[f]ile-pad", "[i]tem-pad: integer"), status=NOT_YET,
+                 nargs=2, metavar=("[f]ile-pad", "[i]tem-pad: integer"),
                  subgroup="data set trailing padding (not with --write-dataset or --bit-preserving):"),
         ),
         type=list,
@@ -502,7 +510,7 @@ SETTINGS: tuple[Setting, ...] = (
         flags=(
             _flag("-uc", "--retain-un", "retain elements as UN (default)", const=False,
                   subgroup="handling of defined length UN elements:"),
-            _flag("+uc", "--convert-un", "convert to real VR if known", const=True, status=NOT_YET,
+            _flag("+uc", "--convert-un", "convert to real VR if known", const=True,
                   subgroup="handling of defined length UN elements:"),
         ),
         type=bool,
@@ -510,7 +518,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "compression_level", 6, "deflate compression level (0..9)", G_OUTPUT,
         flags=(_value("+cl", "--compression-level", "[l]evel: integer (default: 6)",
-                      "0=uncompressed, 1=fastest, 9=best compression", status=NOT_YET,
+                      "0=uncompressed, 1=fastest, 9=best compression",
                       subgroup="deflate compression level (only with --write-xfer-deflated/same):"),),
         type=int, minimum=0, maximum=9,
     ),
@@ -699,7 +707,7 @@ def _coerce(setting: Setting, value: Any, where: str) -> Any:
     return value
 
 
-def validate(values: dict[str, Any]) -> list[str]:
+def validate(values: dict[str, Any], given: frozenset[str] = frozenset()) -> list[str]:
     """Every problem of a configuration, each a sentence that says what to fix."""
     problems: list[str] = []
     for s in SETTINGS:
@@ -716,28 +724,82 @@ def validate(values: dict[str, Any]) -> list[str]:
             reason = s.check(v)
             if reason:
                 problems.append(f"{s.name} {reason}")
-    problems.extend(_check_combinations(values))
+    problems.extend(_check_combinations(values, given))
     return problems
 
 
-def _check_combinations(v: dict[str, Any]) -> list[str]:
+def _long_spelling(name: str, value: Any) -> str:
+    """The long option that sets ``name`` to ``value`` (DCMTK names options by it in errors)."""
+    for flag in BY_NAME[name].flags:
+        if flag.nargs or flag.const == value:
+            return flag.long or flag.short or name
+    return name
+
+
+# Network preferences after which DCMTK refuses to re-encode (compressed transmission).
+_UNCOMPRESSED_PREFERENCES = ("uncompressed", "little", "big", "implicit", "deflated")
+_SORT_SPELLINGS = {"concurrent": "--sort-conc-studies", "studyuid": "--sort-on-study-uid",
+                   "patientname": "--sort-on-patientname"}
+
+
+def _output_conflicts(v: dict[str, Any], given: frozenset[str]) -> list[str]:
+    """The output and negotiation combinations DCMTK storescp 3.6.7 refuses, in its words.
+
+    DCMTK refuses an option of these blocks as soon as it is given, even with its default value
+    (``+B +g=``), so settings named on the command line count as well as changed ones.
+    """
+    problems = []
+
+    def used(name: str) -> bool:
+        return name in given or v.get(name) != BY_NAME[name].default
+
+    preference = v.get("transfer_syntaxes", "uncompressed")
+    if v.get("config_file") and v.get("promiscuous"):
+        problems.append("--config-file not allowed with --promiscuous")
+    if v.get("config_file") and preference != "uncompressed":
+        problems.append(f"--config-file not allowed with {_long_spelling('transfer_syntaxes', preference)}")
+    xfer = v.get("write_transfer_syntax", "same")
+    if xfer != "same":
+        if v.get("bit_preserving"):
+            problems.append(f"{_long_spelling('write_transfer_syntax', xfer)} not allowed with --bit-preserving")
+        if preference not in _UNCOMPRESSED_PREFERENCES:
+            problems.append(f"{_long_spelling('write_transfer_syntax', xfer)} not allowed with "
+                            f"{_long_spelling('transfer_syntaxes', preference)}")
+    if v.get("bit_preserving"):
+        for name in ("new_vr", "group_length", "length_encoding"):
+            if used(name):
+                problems.append(f"{_long_spelling(name, v.get(name))} not allowed with --bit-preserving")
+        if v.get("padding"):
+            problems.append("--padding-create not allowed with --bit-preserving")
+        if v.get("sort"):
+            problems.append(f"{_SORT_SPELLINGS.get(v['sort'][0], '--sort-*')} not allowed with --bit-preserving")
+    if v.get("padding") and not v.get("write_file_format", True):
+        problems.append("--padding-create not allowed with --write-dataset")
+    if used("compression_level") and xfer not in ("deflated", "same"):
+        problems.append("--compression-level only allowed with --write-xfer-deflated or --write-xfer-same")
+    return problems
+
+
+def _check_combinations(v: dict[str, Any], given: frozenset[str] = frozenset()) -> list[str]:
     problems = []
     if v.get("inetd") and v.get("process_mode") == "fork":
         problems.append("--inetd cannot be combined with --fork")
-    if not v.get("inetd") and v.get("port") is None and not os.environ.get("LISTEN_FDS"):
-        problems.append("no port given: name the TCP port to listen on (e.g. storescpd 11112) or set port "
-                        "in the configuration file")
-    if v.get("config_file") and v.get("promiscuous"):
-        problems.append("--config-file cannot be combined with --promiscuous")
-    if v.get("config_file") and v.get("transfer_syntaxes") != "uncompressed":
-        problems.append("--config-file cannot be combined with a --prefer-* / +x? option")
-    if v.get("bit_preserving") and v.get("write_transfer_syntax") != "same":
-        problems.append("--bit-preserving cannot be combined with --write-xfer-* (+te, +tb, +ti, +td)")
+    problems.extend(_output_conflicts(v, given))
+    if v.get("config_file") and not problems:
+        from .asconfig import load_profile  # the profile is part of the configuration: reload checks it
+
+        try:
+            load_profile(*v["config_file"])
+        except ConfigError as exc:
+            problems.append(str(exc))
     if v.get("rename_on_eostudy") and not v.get("sort"):
         problems.append("--rename-on-eostudy needs one of --sort-conc-studies, --sort-on-study-uid, "
                         "--sort-on-patientname")
     if v.get("eostudy_timeout") and not (v.get("sort") or v.get("exec_on_eostudy") or v.get("rename_on_eostudy")):
         problems.append("--eostudy-timeout needs --sort-*, --exec-on-eostudy or --rename-on-eostudy")
+    from . import tls  # lazy: tls reads the settings, the settings call tls
+
+    problems.extend(tls.validate(v))
     out = v.get("output_directory")
     if out and not v.get("ignore"):
         if not os.path.isdir(out):
@@ -750,7 +812,7 @@ def _check_combinations(v: dict[str, Any]) -> list[str]:
 def build(file_values: dict[str, Any], cli_values: dict[str, Any], source_file: str | None) -> Config:
     """Defaults, then the file, then the command line; raises ConfigError listing every problem."""
     values = {**defaults(), **file_values, **cli_values}
-    problems = validate(values)
+    problems = validate(values, frozenset(cli_values))
     if problems:
         where = f" ({source_file})" if source_file else ""
         raise ConfigError(f"invalid configuration{where}:\n  " + "\n  ".join(problems))

@@ -26,7 +26,15 @@ def run(config: Config, argv: Sequence[str]) -> int:
         return 0
     listeners = {role: socks for role, socks in inherited.items() if role != "connection"}
     if "dicom" not in listeners:
-        listeners["dicom"] = [bind_listener(config.bind, config.port)]
+        if config.port is None:
+            LOG.critical("no port given: name the TCP port to listen on (e.g. storescpd 11112), set port in "
+                         "the configuration file, or start from a systemd socket")
+            return 1
+        try:
+            listeners["dicom"] = [bind_listener(config.bind, config.port)]
+        except OSError as exc:
+            LOG.critical("cannot listen on %s port %d: %s", config.bind, config.port, exc.strerror)
+            return 1
     tls_port = config.values.get("tls_port")
     if tls_port and "dicom-tls" not in listeners:
         listeners["dicom-tls"] = [bind_listener(config.bind, tls_port)]

@@ -382,10 +382,11 @@ class Supervisor:
             self._child_gone(child, code)
 
     def _child_gone(self, child: Child, code: int) -> None:
+        self._drain_child(child)
         if child.channel is not None:
-            self._drain_child(child)
             self.selector.unregister(child.channel)
             child.channel.close()
+            child.channel = None
         self._remove_staging_leftovers(child.pid)
         for assoc_id, info in list(self.associations.items()):
             if info.worker_pid == child.pid:

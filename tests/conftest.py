@@ -44,10 +44,17 @@ class NotifyListener:
         self.sock.bind(str(path))
         self.messages: list[str] = []
 
-    def wait_for(self, field: str, timeout: float = 20.0) -> list[str]:
+    def wait_for(self, field: str, timeout: float = 20.0, after: str | None = None) -> list[str]:
+        """Wait until `field` was sent (after the last message carrying `after`, if given)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if any(field in m.split("\n") for m in self.messages):
+            start = 0
+            if after is not None:
+                marks = [i for i, m in enumerate(self.messages) if after in m.split("\n")]
+                start = marks[-1] + 1 if marks else len(self.messages)
+                if marks and field in self.messages[marks[-1]].split("\n")[1:]:
+                    return self.messages
+            if any(field in m.split("\n") for m in self.messages[start:]):
                 return self.messages
             self.sock.settimeout(max(0.01, deadline - time.monotonic()))
             try:
@@ -57,6 +64,8 @@ class NotifyListener:
         raise AssertionError(f"no {field} from the daemon within {timeout} s; got {self.messages}")
 
     def drain(self, timeout: float = 0.2) -> list[str]:
+        if self.sock.fileno() < 0:
+            return self.messages
         self.sock.settimeout(timeout)
         try:
             while True:
@@ -72,7 +81,8 @@ class NotifyListener:
 class Daemon:
     """storescpd on an ephemeral loopback port, handed over as systemd would."""
 
-    def __init__(self, workdir: Path, args: Sequence[str], output: Path | None = None) -> None:
+    def __init__(self, workdir: Path, args: Sequence[str], output: Path | None = None, od: bool = True) -> None:
+        self.od = od
         self.workdir = workdir
         self.output = output or workdir / "out"
         self.output.mkdir(parents=True, exist_ok=True)
@@ -90,7 +100,7 @@ class Daemon:
         env = {**os.environ, "LISTEN_FDS": "1", "LISTEN_FDNAMES": "dicom",
                "NOTIFY_SOCKET": str(self.notify.path), **(extra_env or {})}
         argv = [sys.executable, "-c", _FD3_EXEC, str(listener.fileno()), STORESCPD,
-                "-od", str(self.output), *self.args]
+                *(["-od", str(self.output)] if self.od else []), *self.args]
         with open(self.stderr_path, "wb") as err:
             self.proc = subprocess.Popen(argv, env=env, pass_fds=(listener.fileno(),), stderr=err,
                                          stdout=subprocess.DEVNULL, stdin=subprocess.DEVNULL, cwd=self.workdir)
@@ -117,6 +127,7 @@ class Daemon:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(10)
+        self.notify.drain(0.05)
         self.notify.close()
         return self.proc.returncode
 
@@ -129,8 +140,8 @@ def daemon_factory(tmp_path: Path) -> Iterator:
     started: list[Daemon] = []
 
     def make(*args: str, output: Path | None = None, ready: bool = True,
-             env: dict[str, str] | None = None) -> Daemon:
-        d = Daemon(tmp_path, args, output=output)
+             env: dict[str, str] | None = None, od: bool = True) -> Daemon:
+        d = Daemon(tmp_path, args, output=output, od=od)
         started.append(d)
         return d.start(ready=ready, extra_env=env)
 

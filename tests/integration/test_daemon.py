@@ -1,0 +1,285 @@
+"""The daemon as systemd runs it: process modes, sd_notify, signals, reload, faults."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import random
+import pydicom
+import pytest
+from pydicom.dataset import FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+from tests.conftest import DCMTK, PEER_ENV, STORESCPD, TEST_FILES, Daemon, echoscu, require_dcmtk, storescu
+
+
+def setup_module() -> None:
+    require_dcmtk()
+
+
+def make_object(path: Path, megabytes: int, seed: int = 0, columns: int | None = None) -> Path:
+    """A Secondary Capture object with about `megabytes` MB of pixel data (or `columns` x 1024 pixels)."""
+    rows = 1024
+    cols = columns or 512  # 16-bit: 1024 x 512 x 2 bytes = 1 MiB per frame
+    frames = 1 if columns else megabytes
+    ds = pydicom.Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    ds.SOPClassUID = SecondaryCaptureImageStorage
+    ds.SOPInstanceUID = generate_uid()
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.StudyInstanceUID = generate_uid()
+    ds.SeriesInstanceUID = generate_uid()
+    ds.Modality = "OT"
+    ds.PatientName = "Test^Big"
+    ds.Rows, ds.Columns = rows, cols
+    ds.NumberOfFrames = frames
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.BitsAllocated = ds.BitsStored = 16
+    ds.HighBit = 15
+    ds.PixelRepresentation = 0
+    ds.PixelData = random.Random(seed).randbytes(rows * cols * 2 * frames)
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def children_of(pid: int) -> list[int]:
+    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True).stdout
+    return [int(x) for x in out.split()]
+
+
+def worker_pids_in_log(log: str) -> list[int]:
+    return [int(m) for m in re.findall(r"objects stored.*worker (\d+)", log)]
+
+
+def test_ready_then_stopping_and_clean_exit(daemon_factory) -> None:
+    d = daemon_factory("-v")
+    assert echoscu(d.port).returncode == 0
+    assert d.stop(signal.SIGTERM) == 0
+    messages = "\n".join(d.notify.drain())
+    assert messages.index("READY=1") < messages.index("STOPPING=1")
+    assert "MAINPID=" in messages
+
+
+@pytest.mark.parametrize("mode", [("--workers", "4"), ("--fork",)])
+def test_eight_parallel_senders_all_files_stored(daemon_factory, tmp_path: Path, mode: tuple[str, ...]) -> None:
+    d = daemon_factory("-v", *mode)
+    files = []
+    for i in range(8):
+        src = pydicom.dcmread(TEST_FILES / "CT_small.dcm")
+        src.SOPInstanceUID = f"1.2.3.4.{i}"
+        src.file_meta.MediaStorageSOPInstanceUID = src.SOPInstanceUID
+        path = tmp_path / f"in{i}.dcm"
+        src.save_as(path)
+        files.append(path)
+    senders = [subprocess.Popen([str(DCMTK / "storescu"), "127.0.0.1", str(d.port), str(f)], env=PEER_ENV,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for f in files]
+    codes = [p.wait(60) for p in senders]
+    assert codes == [0] * 8
+    assert {p.name for p in d.stored_files()} == {f"CT.1.2.3.4.{i}" for i in range(8)}
+    d.stop()
+    pids = worker_pids_in_log(d.log())
+    assert len(pids) == 8
+    assert d.pid not in pids
+    if mode == ("--fork",):
+        assert len(set(pids)) == 8  # one process per association
+    else:
+        assert 1 < len(set(pids)) <= 4
+
+
+def test_idle_connections_do_not_block_an_echo(daemon_factory) -> None:
+    d = daemon_factory("--workers", "2")
+    idle = []
+    try:
+        for _ in range(20):
+            s = socket.create_connection(("127.0.0.1", d.port), timeout=5)
+            idle.append(s)
+        started = time.monotonic()
+        result = echoscu(d.port, timeout=10)
+        elapsed = time.monotonic() - started
+        assert result.returncode == 0, result.stderr
+        assert elapsed < 2.0, f"C-ECHO took {elapsed:.2f} s behind 20 idle connections"
+    finally:
+        for s in idle:
+            s.close()
+
+
+def test_idle_connection_closed_after_acse_timeout(daemon_factory) -> None:
+    d = daemon_factory("-ta", "1")
+    s = socket.create_connection(("127.0.0.1", d.port), timeout=10)
+    try:
+        started = time.monotonic()
+        assert s.recv(1) == b""  # closed by the daemon
+        assert time.monotonic() - started < 8
+    finally:
+        s.close()
+
+
+def test_sigkill_worker_mid_transfer(daemon_factory, tmp_path: Path) -> None:
+    big = make_object(tmp_path / "big.dcm", 200)
+    small = TEST_FILES / "CT_small.dcm"
+    d = daemon_factory("--workers", "3", "-v")
+    sender = subprocess.Popen([str(DCMTK / "storescu"), "127.0.0.1", str(d.port), str(big)], env=PEER_ENV,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    staging = d.output / ".storescpd-staging"
+    victim = None
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and victim is None:
+        for part in staging.glob("*.part"):
+            if part.stat().st_size > 20 << 20:
+                victim = int(part.name.split("-")[0])
+        time.sleep(0.05)
+    assert victim is not None, "the big transfer never started"
+    os.kill(victim, signal.SIGKILL)
+    assert sender.wait(30) != 0  # the peer sees the association end
+    other = storescu(d.port, [small])
+    assert other.returncode == 0, other.stderr
+    names = [p.name for p in d.stored_files()]
+    assert names == ["CT.1.3.6.1.4.1.5962.1.1.1.1.1.20040119072730.12322"]
+    deadline = time.monotonic() + 10
+    while list(staging.glob(f"{victim}-*.part")) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not list(staging.glob(f"{victim}-*.part"))
+    deadline = time.monotonic() + 10
+    while len(children_of(d.pid)) < 3 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert len(children_of(d.pid)) == 3 and victim not in children_of(d.pid)
+
+
+def test_worker_that_cannot_boot_stops_the_daemon(daemon_factory, tmp_path: Path) -> None:
+    out = tmp_path / "vanishing"
+    out.mkdir()
+    d = daemon_factory("--workers", "2", output=out, ready=False)
+    d.notify.wait_for("READY=1")
+    # Make the output directory unusable: new workers fail their boot check.
+    os.chmod(out, 0o500)
+    try:
+        if os.geteuid() == 0:
+            shutil.rmtree(out)
+        for pid in children_of(d.pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        assert d.proc is not None
+        code = d.proc.wait(20)
+        assert code != 0
+        assert "stopping instead of re-forking" in d.log()
+    finally:
+        if out.exists():
+            os.chmod(out, 0o700)
+
+
+def write_config(path: Path, **values: object) -> Path:
+    lines = []
+    for k, v in values.items():
+        lines.append(f'{k} = "{v}"' if isinstance(v, str) else f"{k} = {str(v).lower()}")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_reload_with_broken_config_keeps_serving(daemon_factory, tmp_path: Path) -> None:
+    cfg = write_config(tmp_path / "storescpd.toml", aetitle="FIRST", workers=2)
+    d = daemon_factory("--config", str(cfg))
+    cfg.write_text("workers = 'many'\n")
+    os.kill(d.pid, signal.SIGHUP)
+    d.notify.wait_for("RELOADING=1")
+    time.sleep(0.5)
+    messages = "\n".join(d.notify.drain())
+    assert "reload failed" in messages and "key 'workers' must be an integer" in messages
+    result = echoscu(d.port, "-aec", "FIRST")
+    assert result.returncode == 0
+    assert "reload failed, keeping the running configuration" in d.log()
+
+
+def test_reload_changes_output_directory_for_new_associations(daemon_factory, tmp_path: Path) -> None:
+    first, second = tmp_path / "first", tmp_path / "second"
+    first.mkdir()
+    second.mkdir()
+    cfg = write_config(tmp_path / "storescpd.toml", output_directory=str(first), workers=2, max_pdu=4096,
+                       sleep_during=1)
+    slow = make_object(tmp_path / "slow.dcm", 0, columns=8)  # 16 KB: four 4 KB PDUs, 1 s each
+    d = daemon_factory("--config", str(cfg), output=first, od=False)
+    running = subprocess.Popen([str(DCMTK / "storescu"), "127.0.0.1", str(d.port), str(slow)], env=PEER_ENV,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    time.sleep(0.5)
+    write_config(cfg, output_directory=str(second), workers=2)
+    os.kill(d.pid, signal.SIGHUP)
+    d.notify.wait_for("RELOADING=1")
+    d.notify.wait_for("READY=1", after="RELOADING=1")
+    assert storescu(d.port, [TEST_FILES / "CT_small.dcm"]).returncode == 0
+    assert running.wait(60) == 0
+    assert [p.name for p in second.iterdir() if p.is_file()] == ["CT.1.3.6.1.4.1.5962.1.1.1.1.1.20040119072730.12322"]
+    assert len([p for p in first.iterdir() if p.is_file()]) == 1
+
+
+def test_sigterm_during_transfer_lets_it_complete(daemon_factory, tmp_path: Path) -> None:
+    slow = make_object(tmp_path / "slow.dcm", 0, columns=8)
+    d = daemon_factory("--workers", "2", "-pdu", "4096", "--sleep-during", "1")
+    running = subprocess.Popen([str(DCMTK / "storescu"), "127.0.0.1", str(d.port), str(slow)], env=PEER_ENV,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    time.sleep(0.7)
+    assert d.stop(signal.SIGTERM, timeout=60) == 0
+    assert running.wait(30) == 0
+    assert len(d.stored_files()) == 1
+
+
+def _socket_activate(args: list[str], tmp_path: Path, port: int, extra: list[str] | None = None) -> subprocess.Popen:
+    notify_path = tmp_path / "sa-notify.sock"
+    return subprocess.Popen(
+        ["systemd-socket-activate", "-l", f"127.0.0.1:{port}", *(extra or []),
+         "-E", f"NOTIFY_SOCKET={notify_path}", "-E", f"PATH={os.environ['PATH']}", STORESCPD, *args],
+        stdout=subprocess.DEVNULL, stderr=open(tmp_path / "sa.log", "wb"),
+    )
+
+
+def _wait_listening(port: int) -> None:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise AssertionError("systemd-socket-activate is not listening")
+
+
+@pytest.mark.parametrize("extra,args", [
+    ([], ["--workers", "2"]),
+    (["--fdname=dicom"], ["--fork"]),
+    (["--accept", "--fdname=connection"], []),
+    (["--accept", "--inetd"], ["--inetd"]),
+])
+def test_socket_activation(tmp_path: Path, extra: list[str], args: list[str]) -> None:
+    if shutil.which("systemd-socket-activate") is None:
+        pytest.fail("systemd-socket-activate missing: apt-get install systemd (.ci/run does this)")
+    from tests.conftest import free_port
+
+    out = tmp_path / "out"
+    out.mkdir()
+    port = free_port()
+    proc = _socket_activate(["-od", str(out), *args], tmp_path, port, extra)
+    try:
+        _wait_listening(port)
+        for name in ["CT_small.dcm", "MR_small.dcm"]:
+            result = storescu(port, [TEST_FILES / name])
+            assert result.returncode == 0, result.stderr + (tmp_path / "sa.log").read_text()
+        assert sorted(p.name.split(".")[0] for p in out.iterdir() if p.is_file()) == ["CT", "MR"]
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
