@@ -196,7 +196,9 @@ def load_config(argv: Sequence[str]) -> tuple[Config, dict[str, Any]]:
     cli_values, control = parse(args)
     control["_expanded"] = args
     file_values = load_toml(control["_config"]) if control.get("_config") else {}
-    if control.get("_help") or control.get("_version") or control.get("_arguments"):
+    if cli_values.get("tls_list_ciphers"):
+        control["_list_ciphers"] = True  # +cc: list and exit, needs no port (as in DCMTK)
+    if control.get("_help") or control.get("_version") or control.get("_arguments") or control.get("_list_ciphers"):
         return Config({}), control
     unsupported = unsupported_in_use({**file_values, **cli_values})
     if unsupported:
@@ -223,6 +225,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_OK
     if control.get("_version"):
         sys.stdout.write(version_text())
+        return EXIT_OK
+    if control.get("_list_ciphers"):
+        from .tls import list_ciphers
+
+        sys.stdout.write(list_ciphers())
         return EXIT_OK
     if control.get("_arguments"):
         expanded = control["_expanded"]

@@ -15,7 +15,7 @@ from pynetdicom._globals import MODE_ACCEPTOR
 from pynetdicom.association import Association
 from pynetdicom.transport import AddressInformation, AssociationSocket
 
-from . import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, receive
+from . import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, receive, tls
 from .config import Config
 from .handlers import EventSink, StoreContext, _no_events, handle_echo, handle_store
 from .negotiation import contexts
@@ -68,6 +68,10 @@ def serve_association(sock: socket.socket, config: Config, emit: EventSink = _no
         _installed = True
     _config.UNRESTRICTED_STORAGE_SERVICE = bool(config.promiscuous)
     _tune(sock)
+    if tls.applies(config, role):
+        sock, failed = _tls_handshake(sock, config, emit)
+        if failed is not None:
+            return failed
     output_dir = Path(config.output_directory).resolve()
     staging_dir = prepare_staging_dir(output_dir) if not config.ignore else output_dir
     ae = application_entity(config)
@@ -137,6 +141,20 @@ def serve_association(sock: socket.socket, config: Config, emit: EventSink = _no
     _log_summary(summary)
     emit("association_ended", summary)
     return summary
+
+
+def _tls_handshake(sock: socket.socket, config: Config,
+                   emit: EventSink) -> tuple[socket.socket, dict[str, Any] | None]:
+    """The TLS server handshake, in this worker and bounded by -ta: (TLS socket, None), or
+    (closed socket, summary) when it fails."""
+    peer = _peer_text(sock)
+    try:
+        return tls.handshake(sock, config), None
+    except tls.HandshakeFailed as failed:
+        LOG.warning("TLS handshake with %s failed: %s", peer, failed.cause)
+        emit("tls_handshake_failed", {"reason": failed.reason, "peer": peer})
+        sock.close()
+        return sock, {"peer": peer, "outcome": "tls_failed", "tls_failure": failed.reason}
 
 
 def _rejection(config: Config, requestor: Any, admit: Any, assoc: Any) -> tuple[int, int, int, str] | None:
