@@ -102,6 +102,7 @@ class Supervisor:
         self.selector = selectors.DefaultSelector()
         self.event_hooks: list[Callable[[str, dict[str, Any], Child], None]] = []
         self.ask_handlers: dict[str, Callable[[dict[str, Any], Child], Any]] = {"admit": self._ask_admit}
+        self.tick_hooks: list[Callable[[float], None]] = []  # called every turn of the loop with time.time()
         self._assoc_serial = 0
         self._wakeup_r, self._wakeup_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._next_watchdog = 0.0
@@ -132,6 +133,9 @@ class Supervisor:
             self.dispatch_ready()
             self.manage_workers()
             self.keepalive()
+            now = time.time()
+            for tick in self.tick_hooks:
+                tick(now)
         notify("STATUS=stopped")
         LOG.info("stopped")
         return EXIT_OK
