@@ -241,11 +241,13 @@ class Container:
         out = self.sh(f"systemctl show {shlex.quote(unit)} " + " ".join(f"-p {p}" for p in properties)).stdout
         return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
 
-    def diagnostics(self, units: str = "'storescpd*'") -> str:
+    def diagnostics(self) -> str:
         if self.pid1 is None:
             return self.console_tail()
-        status = self.sh(f"systemctl status --no-pager -l --lines=0 {units}", check=False, timeout=30)
-        journal = self.sh(f"journalctl --no-pager -n 60 -u {units}", check=False, timeout=30)
+        units = "storescpd.service storescpd.socket storescpd-inetd.socket"
+        status = self.sh(f"systemctl status --no-pager -l --lines=0 {units} 'storescpd-inetd@*'", check=False, timeout=30)
+        journal = self.sh("journalctl --no-pager -n 60 -u storescpd.service -u storescpd.socket "
+                          "-u storescpd-inetd.socket -u 'storescpd-inetd@*'", check=False, timeout=30)
         return f"--- systemctl status\n{status.stdout}\n--- journalctl\n{journal.stdout}"
 
     def shutdown(self) -> None:
@@ -348,6 +350,14 @@ def check_stored(container: Container, directory: str, sent: dict[str, bytes]) -
         raise StepFailed(f"files not owned by the storescpd user: {foreign}")
     sample = found[next(iter(sent))][0]
     return f"{len(sent)} objects in {directory}, e.g. {sample.relative_to(container.path(directory))}"
+
+
+def last_exit(container: Container) -> str:
+    """'$SERVICE_RESULT $EXIT_CODE $EXIT_STATUS' of storescpd.service's last stop (see the drop-in)."""
+    path = container.path("/run/storescpd-e2e-exit")
+    text = path.read_text().strip() if path.exists() else "(not recorded)"
+    path.unlink(missing_ok=True)
+    return text
 
 
 def api_supported(container: Container) -> bool:
@@ -501,6 +511,18 @@ def drive(container: Container, deb: Path, steps: Steps, tmp_path: Path) -> None
         version = container.sh("storescpd --version", check=False)
         steps.log(f"storescpd --version: {(version.stdout + version.stderr).strip().splitlines()[:1]}")
 
+    with steps.step("record how storescpd.service ends (test drop-in)"):
+        # An inactive unit is unloaded at once, taking ExecMainCode/ExecMainStatus with it:
+        # ExecStopPost (unsandboxed, "+") writes them down for the stop steps.
+        container.sh(
+            "mkdir -p /run/systemd/system/storescpd.service.d && cat > "
+            "/run/systemd/system/storescpd.service.d/e2e-exit.conf <<'EOF'\n"
+            "[Service]\n"
+            "ExecStopPost=+/bin/sh -c 'echo \"$SERVICE_RESULT $EXIT_CODE $EXIT_STATUS\" > /run/storescpd-e2e-exit'\n"
+            "EOF\n"
+            "systemctl daemon-reload"
+        )
+
     with steps.step("the shipped configuration validates (storescpd --check-config)"):
         if not api_supported(container):
             steps.log("SKIPPED part: this storescpd does not serve the control API yet; "
@@ -579,12 +601,12 @@ def drive(container: Container, deb: Path, steps: Steps, tmp_path: Path) -> None
         began = time.monotonic()
         container.sh("systemctl stop storescpd", timeout=120)
         took = time.monotonic() - began
-        props = container.show("storescpd", "ActiveState", "Result", "ExecMainCode", "ExecMainStatus")
-        # ExecMainCode 1 = CLD_EXITED: the daemon exited by itself (not killed by a signal).
-        if props["ActiveState"] != "inactive" or props["Result"] != "success" or \
-                props["ExecMainCode"] != "1" or props["ExecMainStatus"] != "0":
-            raise StepFailed(f"unclean stop: {props}")
-        steps.log(f"stopped in {took:.1f}s, exit status 0")
+        state = container.show("storescpd", "ActiveState")["ActiveState"]
+        ended = last_exit(container)
+        # "exited 0": the daemon drained and exited by itself, not killed by a signal.
+        if state != "inactive" or ended != "success exited 0":
+            raise StepFailed(f"unclean stop: state {state}, result/code/status: {ended!r} (expected 'success exited 0')")
+        steps.log(f"stopped in {took:.1f}s: {ended}")
 
     with steps.step("socket activation: storescpd.socket, the first association starts the service"):
         container.sh("systemctl start storescpd.socket")
@@ -598,9 +620,9 @@ def drive(container: Container, deb: Path, steps: Steps, tmp_path: Path) -> None
         steps.log(f"service {props['ActiveState']} (MainPID {props['MainPID']}, triggered by {props['TriggeredBy']})")
         steps.log(check_stored(container, INCOMING, sent))
         container.sh("systemctl stop storescpd.socket storescpd.service", timeout=120)
-        props = container.show("storescpd", "Result", "ExecMainCode", "ExecMainStatus")
-        if props["Result"] != "success":
-            raise StepFailed(f"socket-activated service did not stop cleanly: {props}")
+        ended = last_exit(container)
+        if ended != "success exited 0":
+            raise StepFailed(f"the socket-activated service did not stop cleanly: {ended!r}")
 
     with steps.step("inetd style: storescpd-inetd.socket, one storescpd-inetd@ instance per association"):
         container.sh("systemctl start storescpd-inetd.socket")
@@ -622,6 +644,32 @@ def drive(container: Container, deb: Path, steps: Steps, tmp_path: Path) -> None
         if failed:
             raise StepFailed(f"failed instances:\n{failed}")
         container.sh("systemctl stop storescpd-inetd.socket")
+
+    with steps.step("upgrade in place (dpkg -i again): restarted, the admin's config edit kept"):
+        container.sh("systemctl start storescpd", timeout=120)
+        before = container.show("storescpd", "MainPID")["MainPID"]
+        edited = container.path(CONFIG).read_text().replace('log_level = "info"', 'log_level = "debug"')
+        container.path(CONFIG).write_text(edited)
+        container.sh(f"dpkg -i {inside_deb}", timeout=300)
+        props = container.show("storescpd", "ActiveState", "MainPID")
+        if props["ActiveState"] != "active" or props["MainPID"] == before:
+            raise StepFailed(f"after the upgrade storescpd should run again in a new process: {props} (was {before})")
+        if container.path(CONFIG).read_text() != edited:
+            raise StepFailed(f"the upgrade replaced the administrator's {CONFIG}")
+        sent = make_study(tmp_path / "study7", 1, "study7")
+        send(container, sorted((tmp_path / "study7").iterdir()))
+        steps.log(f"MainPID {before} -> {props['MainPID']}; " + check_stored(container, INCOMING, sent))
+        container.sh("systemctl stop storescpd", timeout=120)
+        ended = last_exit(container)
+        if ended != "success exited 0":
+            raise StepFailed(f"unclean stop after the upgrade: {ended!r}")
+
+    with steps.step("the journal has no Python tracebacks"):
+        journal = container.sh("journalctl --no-pager -o cat -u storescpd.service -u 'storescpd-inetd@*'").stdout
+        if "Traceback (most recent call last)" in journal:
+            start = journal.index("Traceback (most recent call last)")
+            raise StepFailed(f"a traceback in the journal:\n{journal[max(0, start - 500):start + 2500]}")
+        steps.log(f"{len(journal.splitlines())} journal lines from storescpd units")
 
     with steps.step("apt-get purge storescpd"):
         container.sh("apt-get purge -y -q storescpd", timeout=300)
