@@ -20,7 +20,7 @@ from pydicom.uid import ExplicitVRLittleEndian
 
 MIB = 1024 * 1024
 SEED = 20240808
-GENERATOR_VERSION = 1  # bump when the content of generated files changes
+GENERATOR_VERSION = 2  # bump when the content of generated files changes
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 SECONDARY_CAPTURE_STORAGE = "1.2.840.10008.5.1.4.1.1.7"
@@ -116,6 +116,11 @@ def _build(spec: DatasetSpec, index: int, pixels: bytes) -> Dataset:
     return ds
 
 
+def _random_bytes(rng: random.Random, n: int, chunk: int = 16 * MIB) -> bytes:
+    """rng.randbytes in pieces: one call cannot produce 256 MiB (n * 8 bits overflows a C int)."""
+    return b"".join(rng.randbytes(min(chunk, n - i)) for i in range(0, n, chunk))
+
+
 def pixel_hash(pixels: bytes) -> str:
     return hashlib.sha256(pixels).hexdigest()
 
@@ -141,7 +146,7 @@ def ensure_dataset(spec: DatasetSpec, data_root: Path, log=print) -> dict:
     log(f"  generating {spec.count} x {spec.pixel_bytes / MIB:.3g} MiB objects into {directory}")
     files = []
     for index in range(spec.count):
-        pixels = rng.randbytes(spec.pixel_bytes)
+        pixels = _random_bytes(rng, spec.pixel_bytes)
         ds = _build(spec, index, pixels)
         name = f"{spec.name}{index:05d}.dcm"
         tmp = directory / (name + ".tmp")
