@@ -51,6 +51,7 @@ class StagingFile:
         self.file = os.fdopen(fd, "wb", buffering=1 << 20)
         self.dataset_offset = 0
         self.closed = False
+        self.error: OSError | None = None
 
     @property
     def name(self) -> str:
@@ -59,15 +60,27 @@ class StagingFile:
         return str(self.path)
 
     def write(self, data: bytes | memoryview) -> None:
-        self.file.write(data)
+        """Append received bytes; a write error (disk full) is kept for ``finish`` to raise, and
+        the rest of the data set is drained unwritten so the peer still gets a response."""
+        if self.error is not None:
+            return
+        try:
+            self.file.write(data)
+        except OSError as exc:
+            self.error = exc
 
     def close(self) -> None:
         if not self.closed:
             self.closed = True
-            self.file.close()
+            try:
+                self.file.close()
+            except OSError:
+                pass  # only reached for a file being abandoned: its content no longer matters
 
     def finish(self, fsync: bool) -> None:
         """Flush (and fsync) the content; raises OSError on any write failure."""
+        if self.error is not None:
+            raise self.error
         if self.closed:
             return
         try:

@@ -49,7 +49,8 @@ def make_object(path: Path, megabytes: int, seed: int = 0, columns: int | None =
     ds.BitsAllocated = ds.BitsStored = 16
     ds.HighBit = 15
     ds.PixelRepresentation = 0
-    ds.PixelData = random.Random(seed).randbytes(rows * cols * 2 * frames)
+    rng = random.Random(seed)
+    ds.PixelData = b"".join(rng.randbytes(rows * cols * 2) for _ in range(frames))
     ds.save_as(path, enforce_file_format=True)
     return path
 

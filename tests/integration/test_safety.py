@@ -1,0 +1,145 @@
+"""Nothing lost, nothing let in: hostile or broken input through real associations."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pydicom
+import pytest
+from pydicom.uid import ExplicitVRLittleEndian
+from pynetdicom import AE, _config
+
+from tests.conftest import TEST_FILES, require_dcmtk, storescu
+from tests.integration.test_daemon import make_object
+
+STATUS_SUCCESS = 0x0000
+STATUS_OUT_OF_RESOURCES = 0xA700
+STATUS_DATASET_DOES_NOT_MATCH = 0xA900
+STATUS_CANNOT_UNDERSTAND = 0xC000
+
+
+def setup_module() -> None:
+    require_dcmtk()
+
+
+def crafted_file(path: Path, command_uid: str, dataset_uid: str, source: str = "CT_small.dcm") -> Path:
+    """A file whose meta (used by pynetdicom for the C-STORE command) and data set disagree as asked."""
+    ds = pydicom.dcmread(TEST_FILES / source)
+    ds.SOPInstanceUID = dataset_uid
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.save_as(path, enforce_file_format=True)
+    if command_uid != dataset_uid:  # pydicom keeps the meta in step: patch its first copy
+        assert len(command_uid) == len(dataset_uid)
+        data = path.read_bytes()
+        path.write_bytes(data.replace(dataset_uid.encode(), command_uid.encode(), 1))
+    return path
+
+
+def send_raw(port: int, path: Path) -> int:
+    """Send a file as it is (command UIDs from its meta) with pynetdicom; returns the status."""
+    ds = pydicom.dcmread(path, stop_before_pixels=True)
+    ae = AE(ae_title="HOSTILE")
+    ae.add_requested_context(ds.file_meta.MediaStorageSOPClassUID, ExplicitVRLittleEndian)
+    old = (_config.STORE_SEND_CHUNKED_DATASET, _config.ENFORCE_UID_CONFORMANCE)
+    _config.STORE_SEND_CHUNKED_DATASET, _config.ENFORCE_UID_CONFORMANCE = True, False
+    try:
+        assoc = ae.associate("127.0.0.1", port)
+        assert assoc.is_established
+        try:
+            rsp = assoc.send_c_store(path)
+        finally:
+            assoc.release()
+    finally:
+        _config.STORE_SEND_CHUNKED_DATASET, _config.ENFORCE_UID_CONFORMANCE = old
+    assert "Status" in rsp, "no response"
+    return int(rsp.Status)
+
+
+def all_files(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*") if p.is_file())
+
+
+@pytest.mark.parametrize("uid", ["../../escaped", "1.2/../../escaped", "..", "/tmp/x", "1.2.3\x00/x"])
+def test_path_traversal_in_sop_instance_uid_is_refused(daemon_factory, tmp_path: Path, uid: str) -> None:
+    root = tmp_path / "root"
+    out = root / "a" / "b" / "out"
+    out.mkdir(parents=True)
+    d = daemon_factory(output=out)
+    status = send_raw(d.port, crafted_file(tmp_path / "evil.dcm", uid, uid))
+    assert status == STATUS_CANNOT_UNDERSTAND
+    assert all_files(root) == []
+    assert "is not a valid UID and cannot name a file" in d.log()
+
+
+def test_command_and_dataset_uids_differ(daemon_factory, tmp_path: Path) -> None:
+    d = daemon_factory()
+    status = send_raw(d.port, crafted_file(tmp_path / "x.dcm", "1.2.3.4", "1.2.3.5"))
+    assert status == STATUS_DATASET_DOES_NOT_MATCH
+    assert d.stored_files() == []
+    assert "differs from the C-STORE request" in d.log()
+
+
+def test_disk_full_answers_out_of_resources_and_recovers(daemon_factory, tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root (CI runs as root)")
+    small = tmp_path / "small-fs"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(small)], check=True)
+    try:
+        big = make_object(tmp_path / "big.dcm", 4)
+        d = daemon_factory(output=small)
+        result = storescu(d.port, [big], "-v")
+        assert "Received Store Response (Refused: OutOfResources)" in result.stderr, result.stderr
+        assert d.stored_files() == []
+        assert list((small / ".storescpd-staging").iterdir()) == []
+        assert "answering Out of Resources" in d.log()
+        ok = storescu(d.port, [TEST_FILES / "CT_small.dcm"])
+        assert ok.returncode == 0, ok.stderr
+        assert [p.name for p in d.stored_files()] == ["CT.1.3.6.1.4.1.5962.1.1.1.1.1.20040119072730.12322"]
+    finally:
+        subprocess.run(["umount", "-l", str(small)], check=False)
+
+
+def _variant(tmp_path: Path, name: str, patient: str) -> Path:
+    ds = pydicom.dcmread(TEST_FILES / "CT_small.dcm")
+    ds.PatientName = patient
+    path = tmp_path / name
+    ds.save_as(path)
+    return path
+
+
+@pytest.mark.parametrize("policy,expected_files,kept", [
+    ("overwrite", 1, "SECOND"),
+    ("keep-first", 1, "FIRST"),
+    ("unique", 2, None),
+])
+def test_same_instance_twice(daemon_factory, tmp_path: Path, policy: str, expected_files: int, kept: str | None) -> None:
+    d = daemon_factory("--on-duplicate", policy)
+    first, second = _variant(tmp_path, "1.dcm", "FIRST"), _variant(tmp_path, "2.dcm", "SECOND")
+    assert storescu(d.port, [first]).returncode == 0
+    assert storescu(d.port, [second]).returncode == 0
+    files = d.stored_files()
+    assert len(files) == expected_files
+    if kept:
+        assert str(pydicom.dcmread(files[0]).PatientName) == kept
+    else:
+        assert {str(pydicom.dcmread(f).PatientName) for f in files} == {"FIRST", "SECOND"}
+        assert any(".X." in f.name for f in files)
+    if policy == "overwrite":
+        assert "already exists, overwriting" in d.log()
+
+
+def test_big_object_memory_stays_flat(daemon_factory, tmp_path: Path) -> None:
+    """A 256 MiB object must not cost 256 MiB of memory in the process that receives it."""
+    big = make_object(tmp_path / "big.dcm", 256)
+    d = daemon_factory("--single-process")
+    result = storescu(d.port, [big], timeout=300)
+    assert result.returncode == 0, result.stderr
+    status = Path(f"/proc/{d.pid}/status").read_text()
+    peak_kb = int(next(line for line in status.splitlines() if line.startswith("VmHWM")).split()[1])
+    assert peak_kb < 120 * 1024, f"peak RSS {peak_kb} kB for a 256 MiB object"
+    (stored,) = d.stored_files()
+    assert stored.stat().st_size > 256 << 20
+    big.unlink()
