@@ -1,0 +1,130 @@
+"""The storescp command line generated from the settings table."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from storescpd import cli
+from storescpd.config import SETTINGS, ConfigError, load_toml
+
+
+def values(*argv: str) -> dict:
+    return cli.parse(list(argv))[0]
+
+
+def test_option_blocks_are_last_wins() -> None:
+    assert values("+xe", "+xi")["transfer_syntaxes"] == "implicit"
+    assert values("+xi", "+xe")["transfer_syntaxes"] == "little"
+    assert values("-q", "-v")["log_level"] == "info"
+    assert values("-v", "-ll", "trace")["log_level"] == "trace"
+    assert values("--fork", "--single-process")["process_mode"] == "single"
+
+
+def test_plus_and_minus_spellings_differ() -> None:
+    assert values("+v")["verbose_pc"] is True
+    assert values("-v")["log_level"] == "info"
+    assert values("+F")["write_file_format"] is True
+    assert values("-F")["write_file_format"] is False
+    assert values("+uf")["filenames"] == "unique"
+    assert values("-uf")["filenames"] == "default"
+
+
+def test_values_and_port() -> None:
+    v = values("-aet", "MYAE", "-pdu", "65536", "-od", "/tmp", "11112")
+    assert v == {"aetitle": "MYAE", "max_pdu": 65536, "output_directory": "/tmp", "port": 11112}
+
+
+def test_tagged_values_keep_their_mode() -> None:
+    assert values("-ss", "PFX")["sort"] == ["concurrent", "PFX"]
+    assert values("-su", "P")["sort"] == ["studyuid", "P"]
+    assert values("-su", "P", "-sp")["sort"] == ["patientname", ""]
+
+
+def test_two_value_options() -> None:
+    assert values("-xf", "a.cfg", "Default")["config_file"] == ["a.cfg", "Default"]
+
+
+def test_non_integer_is_a_usage_error() -> None:
+    with pytest.raises(cli.UsageError, match="'x' is not an integer"):
+        values("-pdu", "x")
+
+
+def test_unknown_option_is_a_usage_error() -> None:
+    with pytest.raises(cli.UsageError):
+        values("--no-such-option")
+
+
+def test_command_file_expands_with_quotes(tmp_path: Path) -> None:
+    f = tmp_path / "args.txt"
+    f.write_text('-aet   "MY AE"\n +xa  -od /data\n')
+    assert cli.expand_command_files(["-v", f"@{f}", "104"]) == ["-v", "-aet", "MY AE", "+xa", "-od", "/data", "104"]
+
+
+def test_command_file_cannot_nest(tmp_path: Path) -> None:
+    f = tmp_path / "args.txt"
+    f.write_text("@other.txt")
+    with pytest.raises(cli.UsageError, match="cannot contain another command file"):
+        cli.expand_command_files([f"@{f}"])
+
+
+def test_out_of_range_value_names_the_setting(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["-pdu", "100", "-od", str(tmp_path), "--check-config", "104"]) == 1
+    assert "max_pdu must be at least 4096, not 100" in capsys.readouterr().err
+
+
+def test_missing_output_directory_says_what_to_do(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["-od", "/nonexistent/dir", "--check-config", "104"]) == 1
+    assert "output directory /nonexistent/dir does not exist: create it" in capsys.readouterr().err
+
+
+def test_conflicts_are_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["--inetd", "--fork", "-od", str(tmp_path), "--check-config"]) == 1
+    assert "--inetd cannot be combined with --fork" in capsys.readouterr().err
+
+
+def test_help_lists_every_spelling_grouped_like_the_manual(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["-h"]) == 0
+    text = capsys.readouterr().out
+    for setting in SETTINGS:
+        for flag in setting.flags:
+            for spelling in flag.spellings:
+                assert spelling in text, spelling
+    assert text.index("network options:") < text.index("output options:") < text.index("event options:")
+
+
+def test_print_config_is_valid_toml_that_loads_back(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["-od", str(tmp_path), "-aet", "X", "+xa", "--print-config", "104"]) == 0
+    text = capsys.readouterr().out
+    data = tomllib.loads(text)
+    assert data["aetitle"] == "X" and data["transfer_syntaxes"] == "all" and data["port"] == 104
+    path = tmp_path / "c.toml"
+    path.write_text(text)
+    assert load_toml(str(path))["output_directory"] == str(tmp_path)
+
+
+def test_config_file_unknown_key_and_type_errors(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text("no_such_key = 1\n")
+    with pytest.raises(ConfigError, match="unknown key 'no_such_key'"):
+        load_toml(str(path))
+    path.write_text("workers = 'four'\n")
+    with pytest.raises(ConfigError, match="key 'workers' must be an integer"):
+        load_toml(str(path))
+
+
+def test_command_line_overrides_file(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(f'aetitle = "FROMFILE"\nworkers = 7\noutput_directory = "{tmp_path}"\n')
+    config, _ = cli.load_config(["--config", str(path), "-aet", "FROMCLI", "104"])
+    assert config.aetitle == "FROMCLI" and config.workers == 7
+
+
+def test_arguments_prints_the_expansion(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    f = tmp_path / "a.txt"
+    f.write_text("+xa -v")
+    assert cli.main(["--arguments", f"@{f}", "104"]) == 0
+    err = capsys.readouterr().err
+    assert "expanded command line to 4 arguments" in err and "+xa\n-v\n" in err

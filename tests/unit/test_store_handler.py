@@ -1,0 +1,118 @@
+"""handle_store with fake events: the statuses and what is (not) published, no network."""
+
+from __future__ import annotations
+
+import errno
+from io import BytesIO
+from pathlib import Path
+from types import SimpleNamespace
+
+import pydicom
+import pytest
+from pydicom.filewriter import dcmwrite
+
+from storescpd import config as cfg
+from storescpd.handlers import (
+    STATUS_CANNOT_UNDERSTAND,
+    STATUS_DATASET_DOES_NOT_MATCH_SOP_CLASS,
+    STATUS_OUT_OF_RESOURCES,
+    STATUS_SUCCESS,
+    StoreContext,
+    handle_store,
+)
+from storescpd.storage import Naming, UnsafeName, prepare_staging_dir, safe_uid_component
+from tests.conftest import TEST_FILES
+
+CT = TEST_FILES / "CT_small.dcm"
+
+
+def make_ctx(tmp_path: Path, **overrides: object) -> StoreContext:
+    values = {**cfg.defaults(), "output_directory": str(tmp_path), **overrides}
+    out = tmp_path
+    return StoreContext(config=cfg.Config(values), output_dir=out, staging_dir=prepare_staging_dir(out),
+                        calling_ae="SENDER")
+
+
+def receive(ctx: StoreContext, source: Path, command_instance: str | None = None) -> SimpleNamespace:
+    """Feed a file's data set through the Receiver interface as the decode hook would."""
+    ds = pydicom.dcmread(source)
+    body = BytesIO()
+    del ds.file_meta
+    ds.preamble = None
+    dcmwrite(body, ds, enforce_file_format=False, little_endian=True, implicit_vr=False)
+    command = SimpleNamespace(AffectedSOPClassUID=ds.SOPClassUID,
+                              AffectedSOPInstanceUID=command_instance or ds.SOPInstanceUID)
+    staged = ctx.begin_dataset(command, "1.2.840.10008.1.2.1")
+    assert staged is not None
+    data = body.getvalue()
+    for i in range(0, len(data), 16384):
+        staged.write(data[i:i + 16384])
+        ctx.dataset_fragment(len(data[i:i + 16384]))
+    return SimpleNamespace(request=command, context=SimpleNamespace(transfer_syntax="1.2.840.10008.1.2.1"))
+
+
+def published(tmp_path: Path) -> list[str]:
+    return sorted(p.name for p in tmp_path.iterdir() if p.is_file())
+
+
+def test_success_publishes_under_dcmtk_name(tmp_path: Path) -> None:
+    ctx = make_ctx(tmp_path)
+    event = receive(ctx, CT)
+    assert handle_store(event, ctx) == STATUS_SUCCESS
+    ds = pydicom.dcmread(TEST_FILES / "CT_small.dcm")
+    assert published(tmp_path) == [f"CT.{ds.SOPInstanceUID}"]
+    stored = pydicom.dcmread(tmp_path / f"CT.{ds.SOPInstanceUID}")
+    assert stored.file_meta.SourceApplicationEntityTitle == "SENDER"
+    assert stored.PixelData == ds.PixelData
+    assert list((tmp_path / ".storescpd-staging").iterdir()) == []
+
+
+def test_mismatched_instance_gets_a900_and_nothing_published(tmp_path: Path) -> None:
+    ctx = make_ctx(tmp_path)
+    event = receive(ctx, CT, command_instance="1.2.3")
+    assert handle_store(event, ctx) == STATUS_DATASET_DOES_NOT_MATCH_SOP_CLASS
+    assert published(tmp_path) == []
+    assert list((tmp_path / ".storescpd-staging").iterdir()) == []
+
+
+def test_write_error_gets_a700_and_leaves_nothing(tmp_path: Path) -> None:
+    ctx = make_ctx(tmp_path)
+    event = receive(ctx, CT)
+    assert ctx.current is not None
+    ctx.current.error = OSError(errno.ENOSPC, "No space left on device")
+    assert handle_store(event, ctx) == STATUS_OUT_OF_RESOURCES
+    assert published(tmp_path) == []
+    assert list((tmp_path / ".storescpd-staging").iterdir()) == []
+
+
+def test_garbage_data_set_gets_c000(tmp_path: Path) -> None:
+    ctx = make_ctx(tmp_path, write_file_format=False)
+    command = SimpleNamespace(AffectedSOPClassUID="1.2.840.10008.5.1.4.1.1.2", AffectedSOPInstanceUID="1.2.3")
+    staged = ctx.begin_dataset(command, "1.2.840.10008.1.2.1")
+    assert staged is not None
+    staged.write(b"\x08\x00\x16\x00UI\xff\xff" + b"\x01" * 20)
+    event = SimpleNamespace(request=command, context=SimpleNamespace(transfer_syntax="1.2.840.10008.1.2.1"))
+    assert handle_store(event, ctx) in (STATUS_CANNOT_UNDERSTAND, STATUS_DATASET_DOES_NOT_MATCH_SOP_CLASS)
+    assert published(tmp_path) == []
+
+
+def test_ignore_stores_nothing(tmp_path: Path) -> None:
+    ctx = make_ctx(tmp_path, ignore=True)
+    command = SimpleNamespace(AffectedSOPClassUID="1.2.840.10008.5.1.4.1.1.2", AffectedSOPInstanceUID="1.2.3")
+    assert ctx.begin_dataset(command, "1.2.840.10008.1.2.1") is None
+    event = SimpleNamespace(request=command, context=SimpleNamespace(transfer_syntax="1.2.840.10008.1.2.1"))
+    assert handle_store(event, ctx) == STATUS_SUCCESS
+    assert published(tmp_path) == []
+
+
+@pytest.mark.parametrize("uid", ["../x", "a/b", "..", ".hidden", "", "x" * 65, "1.2\x00/3"])
+def test_unsafe_uids_cannot_name_a_file(uid: str) -> None:
+    with pytest.raises(UnsafeName):
+        safe_uid_component(uid)
+
+
+def test_naming_modes() -> None:
+    assert Naming().name("1.2.840.10008.5.1.4.1.1.4", "1.2.3") == "MR.1.2.3"
+    assert Naming("default", ".dcm").name("1.2.840.10008.5.1.4.1.1.4", "1.2.3") == "MR.1.2.3.dcm"
+    unique = Naming("unique").name("1.2.840.10008.5.1.4.1.1.2", "1.2.3")
+    assert unique.startswith("CT.X.2.25.") and unique != Naming("unique").name("1.2.840.10008.5.1.4.1.1.2", "1.2.3")

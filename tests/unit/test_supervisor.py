@@ -1,0 +1,150 @@
+"""The supervisor's decisions with os.fork / os.waitpid / os.kill replaced by tables (no processes)."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from storescpd import config as cfg
+from storescpd import supervisor as sup
+from storescpd.worker import WORKER_BOOT_ERROR
+
+
+class FakeOS:
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.next_pid = 1000
+        self.exits: list[tuple[int, int]] = []  # (pid, exit code) waitpid will report
+        self.kills: list[tuple[int, int]] = []
+        monkeypatch.setattr(sup.os, "fork", self.fork)
+        monkeypatch.setattr(sup.os, "waitpid", self.waitpid)
+        monkeypatch.setattr(sup.os, "kill", self.kill)
+
+    def fork(self) -> int:
+        self.next_pid += 1
+        return self.next_pid
+
+    def waitpid(self, pid: int, options: int) -> tuple[int, int]:
+        if not self.exits:
+            return (0, 0)
+        pid, code = self.exits.pop(0)
+        return (pid, (code & 0xFF) << 8)
+
+    def kill(self, pid: int, sig: int) -> None:
+        self.kills.append((pid, sig))
+
+
+def make(tmp_path: Path, **overrides: Any) -> sup.Supervisor:
+    values = {**cfg.defaults(), "output_directory": str(tmp_path), "workers": 3, **overrides}
+    return sup.Supervisor(cfg.Config(values), [], {})
+
+
+def workers(s: sup.Supervisor) -> list[int]:
+    return sorted(pid for pid, c in s.children.items() if c.kind == "worker")
+
+
+def test_pool_is_filled_and_refilled(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = FakeOS(monkeypatch)
+    s = make(tmp_path)
+    s.manage_workers()
+    assert workers(s) == [1001, 1002, 1003]
+    fake.exits = [(1002, 0)]
+    s.reap_children()
+    assert workers(s) == [1001, 1003]
+    s.manage_workers()
+    assert workers(s) == [1001, 1003, 1004]
+    assert s.counters["worker_restarts"] == 1
+
+
+def test_worker_that_cannot_boot_stops_reforking(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = FakeOS(monkeypatch)
+    s = make(tmp_path)
+    s.manage_workers()
+    fake.exits = [(1001, WORKER_BOOT_ERROR)]
+    s.reap_children()
+    assert s.boot_failed
+
+
+def test_crash_loop_guard(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = FakeOS(monkeypatch)
+    s = make(tmp_path, workers=1)
+    for _ in range(sup.CRASH_LIMIT):
+        s.manage_workers()
+        (pid,) = workers(s)
+        fake.exits = [(pid, 1)]
+        s.reap_children()
+    s.manage_workers()
+    assert workers(s) == []  # no fork while crashing in a loop
+
+
+def test_unknown_children_are_reaped_too(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = FakeOS(monkeypatch)
+    s = make(tmp_path)
+    seen: list[int] = []
+    s.event_hooks.append(lambda kind, data, child: seen.append(data["pid"]) if kind == "child_exited" else None)
+    fake.exits = [(4242, 0)]  # e.g. a hook process
+    s.reap_children()
+    assert seen == [4242]
+
+
+def test_failed_reload_keeps_the_running_configuration(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    FakeOS(monkeypatch)
+    s = make(tmp_path)
+
+    def broken() -> cfg.Config:
+        raise cfg.ConfigError("invalid configuration: workers must be at least 1, not 0")
+
+    s.reload_config = broken
+    before = s.config
+    result = s.reload()
+    assert result["result"] == "failure" and "workers must be at least 1" in result["message"]
+    assert s.config is before and s.generation == 0
+
+
+def test_reload_retires_idle_old_workers_and_keeps_busy_ones(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = FakeOS(monkeypatch)
+    s = make(tmp_path)
+    s.manage_workers()
+    s.children[1001].busy = True
+    s.reload_config = lambda: s.config.replace(aetitle="NEW", port=999)
+    result = s.reload()
+    assert result["result"] == "success"
+    assert s.config.aetitle == "NEW"
+    assert s.config.port is None  # port needs a restart: the running value stays
+    terminated = {pid for pid, sig in fake.kills if sig == signal.SIGTERM}
+    assert terminated == {1002, 1003}
+    assert sorted(c.generation for c in s.children.values()) == [0, 0, 0, 1, 1, 1]
+    # the busy old worker is retired once it reports idle
+    s.on_event("idle", {"served": 1}, s.children[1001])
+    assert (1001, signal.SIGTERM) in fake.kills
+
+
+def test_admission_over_the_limit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    FakeOS(monkeypatch)
+    s = make(tmp_path, max_associations=1)
+    s.manage_workers()
+    first, second = s.children[1001], s.children[1002]
+    s.on_event("association_requested", {"peer": "a"}, first)
+    assert s._ask_admit({}, first) is None
+    s.on_event("association_requested", {"peer": "b"}, second)
+    assert "max_associations = 1" in s._ask_admit({}, second)
+    assert s.counters["associations_rejected.local_limit"] == 1
+
+
+def test_a_killed_worker_counts_its_association_as_aborted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = FakeOS(monkeypatch)
+    s = make(tmp_path)
+    s.manage_workers()
+    staging = tmp_path / ".storescpd-staging"
+    staging.mkdir()
+    (staging / "1001-1-0.part").write_bytes(b"partial")
+    s.on_event("association_requested", {"peer": "a"}, s.children[1001])
+    fake.exits = [(1001, -signal.SIGKILL & 0xFF)]
+    s.reap_children()
+    assert s.associations == {}
+    assert s.counters["associations_total.aborted"] == 1
+    assert not (staging / "1001-1-0.part").exists()
+    assert os.path.isdir(staging)
