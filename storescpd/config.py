@@ -819,3 +819,29 @@ def _toml_value(value: Any) -> str:
 
 def resolve_output_directory(config: Config) -> Path:
     return Path(config.output_directory).resolve()
+
+
+def documented_defaults() -> str:
+    """etc/storescpd.toml: every key, commented out at its default, with its help and flags."""
+    lines = [
+        "# storescpd configuration. Every key is shown at its default, commented out.",
+        "# Keys are the settings of `storescpd -h`; the command line overrides this file.",
+        "# Regenerate with: python -m storescpd.config > etc/storescpd.toml",
+    ]
+    group = None
+    for s in SETTINGS:
+        if not s.in_file:
+            continue
+        if s.group != group:
+            group = s.group
+            lines.append(f"\n# ---- {group} ----")
+        flags = ", ".join(sp for f in s.flags for sp in f.spellings)
+        lines.append(f"\n# {s.help}" + (f"  [{flags}]" if flags else ""))
+        if s.choices:
+            lines.append(f"# one of: {', '.join(map(str, s.choices))}")
+        lines.append(f"# {s.name} = {_toml_value(s.default)}" if s.default is not None else f"# {s.name} = (unset)")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":  # pragma: no cover
+    print(documented_defaults(), end="")

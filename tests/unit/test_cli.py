@@ -128,3 +128,10 @@ def test_arguments_prints_the_expansion(tmp_path: Path, capsys: pytest.CaptureFi
     assert cli.main(["--arguments", f"@{f}", "104"]) == 0
     err = capsys.readouterr().err
     assert "expanded command line to 4 arguments" in err and "+xa\n-v\n" in err
+
+
+def test_documented_config_file_is_generated_from_the_table() -> None:
+    from storescpd.config import documented_defaults
+
+    committed = (Path(__file__).resolve().parents[2] / "etc" / "storescpd.toml").read_text()
+    assert committed == documented_defaults(), "regenerate: python -m storescpd.config > etc/storescpd.toml"
