@@ -586,8 +586,13 @@ def drive(container: Container, deb: Path, steps: Steps, tmp_path: Path) -> None
         reason = [line for line in why.splitlines() if "no_such_setting" in line]
         steps.log(f"journal: {reason[-1].split(': ', 1)[-1] if reason else '(no line naming the bad key)'}")
         # The daemon's own guard, without ExecReload's check in front: a bare SIGHUP.
+        def complaints() -> int:
+            journal = container.sh("journalctl --no-pager -o cat -u storescpd.service", check=False).stdout
+            return journal.count("no_such_setting")
+
+        before = complaints()
         container.sh("systemctl kill -s HUP --kill-who=main storescpd")
-        time.sleep(2)
+        wait_for(lambda: complaints() > before, 15, "storescpd to log why it refused the new configuration")
         props = container.show("storescpd", "ActiveState", "MainPID")
         if props["ActiveState"] != "active" or props["MainPID"] != main_pid:
             raise StepFailed(f"after a broken reload: {props} (expected active, MainPID {main_pid})")
