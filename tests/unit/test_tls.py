@@ -31,12 +31,12 @@ def _openssl(cwd: Path, *args: str) -> None:
     subprocess.run([OPENSSL, *args], cwd=cwd, check=True, capture_output=True, timeout=60)
 
 
-def make_pki(directory: Path) -> Pki:
+def make_pki(directory: Path, ca_name: str = "storescpd test CA") -> Pki:
     """The commands of docs/tls.md: CA, server/client certificates, one revoked, its CRL."""
     d = directory
     d.mkdir(parents=True, exist_ok=True)
     _openssl(d, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt",
-             "-days", "7", "-sha256", "-subj", "/CN=storescpd test CA")
+             "-days", "7", "-sha256", "-subj", f"/CN={ca_name}")
     for name in ("server", "client", "revoked"):
         _openssl(d, "req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr",
                  "-subj", f"/CN={name}")
