@@ -262,6 +262,8 @@ class Supervisor:
         for p in [p for p in self.pending.values() if p.since < limit]:
             LOG.info("closing a connection that sent no association request within %d s", self.config.acse_timeout)
             self.count("connections_timed_out")
+            for hook in self.event_hooks:
+                hook("connection_timed_out", {}, None)  # type: ignore[arg-type]
             self._drop_pending(p)
 
     def _drop_pending(self, p: Pending) -> None:
@@ -403,7 +405,7 @@ class Supervisor:
             return
         if code != 0 and not self.stopping:
             LOG.warning("%s %d exited with %d", child.kind, child.pid, code)
-            if child.served == 0:
+            if child.served == 0 and child.kind in ("worker", "fork"):  # an API crash must not stop workers
                 self.crashes.append(time.monotonic())
         if child.kind == "worker" and not self.stopping and child.generation == self.generation:
             self.count("worker_restarts")
@@ -538,6 +540,8 @@ class Supervisor:
             LOG.error("reload failed, keeping the running configuration: %s", message)
             self.last_reload = {"result": "failure", "message": message, "time": time.time()}
             self.count("config_reloads.failure")
+            for hook in self.event_hooks:
+                hook("reload_failed", {"message": message}, None)  # type: ignore[arg-type]
             notify("READY=1", f"STATUS=reload failed: {message.splitlines()[0][:200]}; {self.status_line()}")
             return self.last_reload
         fixed = [name for name in ("port", "bind", "process_mode", "inetd", "run_directory")
