@@ -511,6 +511,19 @@ def drive(container: Container, deb: Path, steps: Steps, tmp_path: Path) -> None
         version = container.sh("storescpd --version", check=False)
         steps.log(f"storescpd --version: {(version.stdout + version.stderr).strip().splitlines()[:1]}")
 
+    with steps.step("unit files: systemd-analyze verify and security"):
+        units = "storescpd.service storescpd.socket storescpd-inetd.socket storescpd-inetd@0.service"
+        result = container.sh(f"cd /lib/systemd/system && systemd-analyze verify {units}", check=False)
+        complaints = [line for line in (result.stdout + result.stderr).splitlines()
+                      if line.strip() and "man storescpd(8)" not in line]
+        # Its exit status is 1 for the Documentation=man: line alone (no man-db in the image):
+        # judge by what it prints.
+        if complaints:
+            raise StepFailed(f"systemd-analyze verify ({result.returncode}):\n" + "\n".join(complaints))
+        for unit in ("storescpd.service", "storescpd-inetd@0.service"):
+            result = container.sh(f"systemd-analyze security --no-pager {unit} | tail -n 1", check=False)
+            steps.log(result.stdout.strip())
+
     with steps.step("record how storescpd.service ends (test drop-in)"):
         # An inactive unit is unloaded at once, taking ExecMainCode/ExecMainStatus with it:
         # ExecStopPost (unsandboxed, "+") writes them down for the stop steps.
