@@ -54,7 +54,9 @@ def _then_uncompressed(first: str) -> list[str]:
     return [first, *UNCOMPRESSED]
 
 
-# The storage transfer syntaxes for each +x? option, most preferred first.
+# The storage transfer syntaxes for each +x? option, most preferred first, as measured against
+# DCMTK 3.6.7 (docs/dcmtk-reference/negotiation.py). One deliberate superset: +xa also accepts
+# the fragmentable MPEG-2/MPEG-4 syntaxes that the manual lists and 3.6.7 does not know yet.
 STORAGE_PREFERENCES: dict[str, list[str]] = {
     "uncompressed": UNCOMPRESSED,
     "little": [EXPLICIT_LE, EXPLICIT_BE, IMPLICIT_LE],
@@ -67,15 +69,15 @@ STORAGE_PREFERENCES: dict[str, list[str]] = {
     "j2k-lossy": _then_uncompressed(J2K),
     "jls-lossless": _then_uncompressed(JPEG_LS_LOSSLESS),
     "jls-lossy": _then_uncompressed(JPEG_LS_LOSSY),
-    "mpeg2": [MPEG2_MPML, MPEG2_MPML_F],
-    "mpeg2-high": [MPEG2_MPHL, MPEG2_MPHL_F],
-    "mpeg4": [MPEG4_HP41, MPEG4_HP41_F],
-    "mpeg4-bd": [MPEG4_BD, MPEG4_BD_F],
-    "mpeg4-2-2d": [MPEG4_2D, MPEG4_2D_F],
-    "mpeg4-2-3d": [MPEG4_3D, MPEG4_3D_F],
-    "mpeg4-2-st": [MPEG4_ST, MPEG4_ST_F],
-    "hevc": [HEVC],
-    "hevc10": [HEVC10],
+    "mpeg2": _then_uncompressed(MPEG2_MPML),
+    "mpeg2-high": _then_uncompressed(MPEG2_MPHL),
+    "mpeg4": _then_uncompressed(MPEG4_HP41),
+    "mpeg4-bd": _then_uncompressed(MPEG4_BD),
+    "mpeg4-2-2d": _then_uncompressed(MPEG4_2D),
+    "mpeg4-2-3d": _then_uncompressed(MPEG4_3D),
+    "mpeg4-2-st": _then_uncompressed(MPEG4_ST),
+    "hevc": _then_uncompressed(HEVC),
+    "hevc10": _then_uncompressed(HEVC10),
     "rle": _then_uncompressed(RLE),
     "deflated": _then_uncompressed(DEFLATED_LE),
     "all": ACCEPT_ALL,
