@@ -284,3 +284,19 @@ def test_socket_activation(tmp_path: Path, extra: list[str], args: list[str]) ->
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(5)
+
+
+def test_max_associations_rejects_transient_local_limit(daemon_factory, tmp_path: Path) -> None:
+    slow = make_object(tmp_path / "slow.dcm", 0, columns=8)
+    d = daemon_factory("--workers", "3", "--max-associations", "1", "-pdu", "4096", "--sleep-during", "1")
+    running = subprocess.Popen([str(DCMTK / "storescu"), "127.0.0.1", str(d.port), str(slow)], env=PEER_ENV,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        time.sleep(1.0)
+        result = echoscu(d.port, "-v")
+        assert result.returncode != 0
+        assert "Association Rejected" in result.stderr and "Transient" in result.stderr, result.stderr
+        assert "Local Limit Exceeded" in result.stderr, result.stderr
+    finally:
+        assert running.wait(60) == 0
+    assert echoscu(d.port).returncode == 0  # the limit frees up when the transfer ends
