@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import pwd
 import re
 import shlex
 import shutil
@@ -394,16 +393,20 @@ class Steps:
     def step(self, name: str) -> Iterator[None]:
         began = time.monotonic()
         self.write(f"[e2e] {name} ...")
+        failure: Exception | None = None
         try:
             yield
         except (StepFailed, AssertionError, subprocess.TimeoutExpired) as error:
-            self.write(f"[e2e] {name}: FAILED after {time.monotonic() - began:.1f}s")
-            try:
-                details = self.diagnostics()
-            except Exception as diag_error:  # diagnostics must not hide the failure
-                details = f"(no diagnostics: {diag_error})"
-            pytest.fail(f"step '{name}' failed: {error}\n{details}", pytrace=False)
-        self.write(f"[e2e] {name}: ok ({time.monotonic() - began:.1f}s)")
+            failure = error
+        if failure is None:
+            self.write(f"[e2e] {name}: ok ({time.monotonic() - began:.1f}s)")
+            return
+        self.write(f"[e2e] {name}: FAILED after {time.monotonic() - began:.1f}s")
+        try:
+            details = self.diagnostics()
+        except Exception as diag_error:  # diagnostics must not hide the failure
+            details = f"(no diagnostics: {diag_error})"
+        pytest.fail(f"step '{name}' failed: {failure}\n{details}", pytrace=False)
 
     def skipped(self, name: str, reason: str) -> None:
         self.write(f"[e2e] {name}: SKIPPED ({reason})")
@@ -567,11 +570,20 @@ def drive(container: Container, deb: Path, steps: Steps, tmp_path: Path) -> None
             samples = [line for line in result.stdout.splitlines() if line and not line.startswith("#")]
             if not samples:
                 raise StepFailed(f"/metrics has no samples:\n{result.stdout[:1000]}")
-            stored_lines = [line for line in samples if "store" in line.lower()]
-            steps.log(f"{len(samples)} samples; " + "; ".join(stored_lines[:4]))
-            health = container.in_network(["curl", "-fsS", "-m", "10", f"http://127.0.0.1:{API_PORT}/healthz"])
-            if health.returncode != 0:
-                raise StepFailed(f"GET /healthz failed ({health.returncode}): {health.stderr}")
+            # Prometheus' view of the study just sent: 5 C-STORE requests answered.
+            objects = [line for line in samples if line.startswith("storescpd_objects_stored_total")]
+            counted = sum(float(line.rsplit(" ", 1)[1]) for line in objects if 'status="success"' in line)
+            if counted != len(sent):
+                raise StepFailed(f"storescpd_objects_stored_total{{status=\"success\"}} is {counted:g}, "
+                                 f"{len(sent)} were stored:\n" + "\n".join(objects or samples[:20]))
+            steps.log(f"{len(samples)} samples; " + "; ".join(objects))
+            for probe in ("healthz", "readyz"):
+                answer = container.in_network(["curl", "-sS", "-m", "10", "-o", "/dev/null", "-w", "%{http_code}",
+                                               f"http://127.0.0.1:{API_PORT}/{probe}"])
+                if answer.stdout != "200":
+                    body = container.in_network(["curl", "-sS", "-m", "10", f"http://127.0.0.1:{API_PORT}/{probe}"])
+                    raise StepFailed(f"GET /{probe}: HTTP {answer.stdout or answer.stderr} {body.stdout[:500]}")
+                steps.log(f"GET /{probe}: 200")
     else:
         steps.skipped(metrics_step, "the installed storescpd does not support --api yet")
 
