@@ -154,6 +154,28 @@ def encode_response(command_field: int, responding_to: int, status: int, sop_cla
     return _element(0x0000, struct.pack("<L", len(body))) + body
 
 
+_contexts_cache: dict[int, tuple[Config, list[PresentationContext]]] = {}
+
+
+def _presentation_contexts(config: Config, accepted: list[tuple[str, list[str], bool | None, bool | None]]
+                           ) -> list[PresentationContext]:
+    """pynetdicom's validating PresentationContext objects, built once per configuration."""
+    cached = _contexts_cache.get(id(config))
+    if cached is not None and cached[0] is config:
+        return cached[1]
+    ours = []
+    for i, (uid, syntaxes, scu_role, scp_role) in enumerate(accepted):
+        cx = PresentationContext()
+        cx.context_id = (2 * i + 1) % 256 or 1
+        cx.abstract_syntax = uid
+        cx.transfer_syntax = list(syntaxes)
+        cx.scu_role, cx.scp_role = scu_role, scp_role
+        ours.append(cx)
+    _contexts_cache.clear()
+    _contexts_cache[id(config)] = (config, ours)
+    return ours
+
+
 class Association:
     """One association on a connected socket, served to its end in the calling thread."""
 
@@ -252,14 +274,7 @@ class Association:
         self.send(pdu.encode())
 
     def _accept(self, rq: A_ASSOCIATE) -> None:
-        ours = []
-        for i, (uid, syntaxes, scu_role, scp_role) in enumerate(self.acceptor_contexts):
-            cx = PresentationContext()
-            cx.context_id = (2 * i + 1) % 256 or 1
-            cx.abstract_syntax = uid
-            cx.transfer_syntax = list(syntaxes)
-            cx.scu_role, cx.scp_role = scu_role, scp_role
-            ours.append(cx)
+        ours = _presentation_contexts(self.config, self.acceptor_contexts)
         roles = {item.sop_class_uid: (item.scu_role, item.scp_role)
                  for item in rq.user_information if isinstance(item, SCP_SCU_RoleSelectionNegotiation)}
         negotiate = negotiate_unrestricted if self.config.promiscuous else negotiate_as_acceptor

@@ -13,7 +13,7 @@ from pydicom.dataset import FileMetaDataset
 
 from . import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from .config import Config
-from .receive import write_meta
+from .receive import file_meta_bytes
 from .storage import (
     Identifiers,
     Naming,
@@ -32,6 +32,7 @@ STATUS_CANNOT_UNDERSTAND = 0xC000
 STATUS_REFUSED_OUT_OF_RESOURCES = 0xA700
 
 EventSink = Callable[[str, dict[str, Any]], None]
+PROGRESS_INTERVAL = 0.5  # seconds between progress events of a running association
 
 
 def _no_events(kind: str, data: dict[str, Any]) -> None:
@@ -57,6 +58,7 @@ class StoreContext:
     last_sop_class: str = ""
     started: float = field(default_factory=time.monotonic)
     _fragments_in_message: int = 0
+    _next_progress: float = 0.0
 
     @property
     def naming(self) -> Naming:
@@ -73,7 +75,10 @@ class StoreContext:
         staged = StagingFile(self.staging_dir)
         try:
             if self.config.write_file_format:
-                write_meta(staged, self._file_meta(command, transfer_syntax))
+                meta = file_meta_bytes(_clean_uid(command.AffectedSOPClassUID),
+                                       _clean_uid(command.AffectedSOPInstanceUID), transfer_syntax, self.calling_ae)
+                staged.write(meta)
+                staged.dataset_offset = len(meta)
         except OSError:
             staged.discard()
             raise
@@ -83,6 +88,10 @@ class StoreContext:
     def dataset_fragment(self, size: int) -> None:
         self.bytes_received += size
         self._fragments_in_message += 1
+        now = time.monotonic()
+        if now >= self._next_progress:
+            self._next_progress = now + PROGRESS_INTERVAL
+            self.emit("progress", {"bytes": self.bytes_received, "objects": self.objects})
         if self.config.abort_during and self._fragments_in_message == 1:
             LOG.info("ABORT initiated (due to command line options)")
             if self.current is not None:

@@ -116,3 +116,26 @@ def test_naming_modes() -> None:
     assert Naming("default", ".dcm").name("1.2.840.10008.5.1.4.1.1.4", "1.2.3") == "MR.1.2.3.dcm"
     unique = Naming("unique").name("1.2.840.10008.5.1.4.1.1.2", "1.2.3")
     assert unique.startswith("CT.X.2.25.") and unique != Naming("unique").name("1.2.840.10008.5.1.4.1.1.2", "1.2.3")
+
+
+def test_hand_encoded_file_meta_equals_pydicoms() -> None:
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.filewriter import write_file_meta_info
+
+    from storescpd import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+    from storescpd.receive import file_meta_bytes
+
+    for ae in ("STORESCU", "ODD", ""):
+        meta = FileMetaDataset()
+        meta.FileMetaInformationVersion = b"\x00\x01"
+        meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
+        meta.MediaStorageSOPInstanceUID = "1.2.3.45"
+        meta.TransferSyntaxUID = "1.2.840.10008.1.2.1"
+        meta.ImplementationClassUID = IMPLEMENTATION_CLASS_UID
+        meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
+        if ae:
+            meta.SourceApplicationEntityTitle = ae
+        expected = BytesIO()
+        expected.write(b"\x00" * 128 + b"DICM")
+        write_file_meta_info(expected, meta, enforce_standard=True)
+        assert file_meta_bytes("1.2.840.10008.5.1.4.1.1.2", "1.2.3.45", "1.2.840.10008.1.2.1", ae) == expected.getvalue()
