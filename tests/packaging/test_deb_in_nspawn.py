@@ -627,7 +627,40 @@ def drive(container: Container, deb: Path, steps: Steps, tmp_path: Path) -> None
         container.path(CONFIG).write_text(original_config)
         container.sh("systemctl reload storescpd", timeout=120)
 
+    with steps.step("systemctl stop during an association: it is drained, not cut"):
+        # storescp's --sleep-after stretches the association (2 objects x 2 s) across the stop.
+        container.path(CONFIG).write_text(original_config + "\nsleep_after = 2\n")
+        container.sh("systemctl reload storescpd", timeout=120)
+        sent = make_study(tmp_path / "study-drain", 2, "drain")
+        files = sorted((tmp_path / "study-drain").iterdir())
+        client = subprocess.Popen(
+            ["nsenter", "-t", str(container.pid1), "-n", STORESCU, "-aet", "E2E", "-aec", "STORESCP",
+             "127.0.0.1", str(PORT), *map(str, files)],
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        try:
+            # The first object on disk: the association has about 2 s (a sleep, one more object) to go.
+            wait_for(lambda: bool(set(sent) & set(stored(container, INCOMING))) or client.poll() is not None,
+                     15, "the first object of the association")
+            began = time.monotonic()
+            container.sh("systemctl stop storescpd", timeout=120)
+            took = time.monotonic() - began
+            output, _ = client.communicate(timeout=60)
+        finally:
+            if client.poll() is None:
+                client.kill()
+                client.wait()
+        if client.returncode != 0:
+            raise StepFailed(f"storescu failed while storescpd stopped ({client.returncode}):\n{output[-2000:]}")
+        if took < 1.5:
+            raise StepFailed(f"the stop took {took:.1f}s: the association was over before it, nothing was drained")
+        steps.log(f"stop waited {took:.1f}s for the association; " + check_stored(container, INCOMING, sent))
+        ended = last_exit(container)
+        if ended != "success exited 0":
+            raise StepFailed(f"unclean stop: {ended!r} (expected 'success exited 0')")
+        container.path(CONFIG).write_text(original_config)
+
     with steps.step("systemctl stop storescpd (clean exit)"):
+        container.sh("systemctl start storescpd", timeout=120)
         began = time.monotonic()
         container.sh("systemctl stop storescpd", timeout=120)
         took = time.monotonic() - began
