@@ -191,7 +191,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "config_file", None, "association negotiation profile: [file, profile]", G_NETWORK,
         flags=(Flag("-xf", "--config-file", "use profile p from config file f", nargs=2,
-                    metavar=("[f]ilename", "[p]rofile: string"), status=NOT_YET,
+                    metavar=("[f]ilename", "[p]rofile: string"),
                     subgroup="association negotiation profile from configuration file:"),),
         type=list,
     ),
@@ -450,7 +450,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "write_transfer_syntax", "same", "output transfer syntax", G_OUTPUT,
         flags=tuple(
-            _flag(s, long, h, const=c, status=SUPPORTED if c == "same" else NOT_YET,
+            _flag(s, long, h, const=c,
                   subgroup="output transfer syntax (not with --bit-preserving or compressed transmission):")
             for s, long, c, h in (
                 ("+t=", "--write-xfer-same", "same", "write with same TS as input (default)"),
@@ -468,7 +468,7 @@ SETTINGS: tuple[Setting, ...] = (
             _flag("+u", "--enable-new-vr", "enable support for new VRs (UN/UT) (default)", const=True,
                   subgroup="post-1993 value representations (not with --bit-preserving):"),
             _flag("-u", "--disable-new-vr", "disable support for new VRs, convert to OB", const=False,
-                  status=NOT_YET, subgroup="post-1993 value representations (not with --bit-preserving):"),
+                  subgroup="post-1993 value representations (not with --bit-preserving):"),
         ),
         type=bool,
     ),
@@ -478,9 +478,9 @@ SETTINGS: tuple[Setting, ...] = (
             _flag("+g=", "--group-length-recalc", "recalculate group lengths if present (default)", const="recalc",
                   subgroup="group length encoding (not with --bit-preserving):"),
             _flag("+g", "--group-length-create", "always write with group length elements", const="create",
-                  status=NOT_YET, subgroup="group length encoding (not with --bit-preserving):"),
+                  subgroup="group length encoding (not with --bit-preserving):"),
             _flag("-g", "--group-length-remove", "always write without group length elements", const="remove",
-                  status=NOT_YET, subgroup="group length encoding (not with --bit-preserving):"),
+                  subgroup="group length encoding (not with --bit-preserving):"),
         ),
         choices=("recalc", "create", "remove"),
     ),
@@ -489,7 +489,7 @@ SETTINGS: tuple[Setting, ...] = (
         flags=(
             _flag("+e", "--length-explicit", "write with explicit lengths (default)", const="explicit",
                   subgroup="length encoding in sequences and items (not with --bit-preserving):"),
-            _flag("-e", "--length-undefined", "write with undefined lengths", const="undefined", status=NOT_YET,
+            _flag("-e", "--length-undefined", "write with undefined lengths", const="undefined",
                   subgroup="length encoding in sequences and items (not with --bit-preserving):"),
         ),
         choices=("explicit", "undefined"),
@@ -500,7 +500,7 @@ SETTINGS: tuple[Setting, ...] = (
             _flag("-p", "--padding-off", "no padding (default)", const=None,
                   subgroup="data set trailing padding (not with --write-dataset or --bit-preserving):"),
             Flag("+p", "--padding-create", "align file on multiple of f bytes and items on\nmultiple of i bytes",
-                 nargs=2, metavar=("[f]ile-pad", "[i]tem-pad: integer"), status=NOT_YET,
+                 nargs=2, metavar=("[f]ile-pad", "[i]tem-pad: integer"),
                  subgroup="data set trailing padding (not with --write-dataset or --bit-preserving):"),
         ),
         type=list,
@@ -510,7 +510,7 @@ SETTINGS: tuple[Setting, ...] = (
         flags=(
             _flag("-uc", "--retain-un", "retain elements as UN (default)", const=False,
                   subgroup="handling of defined length UN elements:"),
-            _flag("+uc", "--convert-un", "convert to real VR if known", const=True, status=NOT_YET,
+            _flag("+uc", "--convert-un", "convert to real VR if known", const=True,
                   subgroup="handling of defined length UN elements:"),
         ),
         type=bool,
@@ -518,7 +518,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "compression_level", 6, "deflate compression level (0..9)", G_OUTPUT,
         flags=(_value("+cl", "--compression-level", "[l]evel: integer (default: 6)",
-                      "0=uncompressed, 1=fastest, 9=best compression", status=NOT_YET,
+                      "0=uncompressed, 1=fastest, 9=best compression",
                       subgroup="deflate compression level (only with --write-xfer-deflated/same):"),),
         type=int, minimum=0, maximum=9,
     ),
@@ -707,7 +707,7 @@ def _coerce(setting: Setting, value: Any, where: str) -> Any:
     return value
 
 
-def validate(values: dict[str, Any]) -> list[str]:
+def validate(values: dict[str, Any], given: frozenset[str] = frozenset()) -> list[str]:
     """Every problem of a configuration, each a sentence that says what to fix."""
     problems: list[str] = []
     for s in SETTINGS:
@@ -724,23 +724,92 @@ def validate(values: dict[str, Any]) -> list[str]:
             reason = s.check(v)
             if reason:
                 problems.append(f"{s.name} {reason}")
-    problems.extend(_check_combinations(values))
+    problems.extend(_check_combinations(values, given))
     return problems
 
 
-def _check_combinations(v: dict[str, Any]) -> list[str]:
+def _long_spelling(name: str, value: Any) -> str:
+    """The long option that sets ``name`` to ``value`` (DCMTK names options by it in errors)."""
+    for flag in BY_NAME[name].flags:
+        if flag.nargs or flag.const == value:
+            return flag.long or flag.short or name
+    return name
+
+
+# Network preferences after which DCMTK refuses to re-encode (compressed transmission).
+_UNCOMPRESSED_PREFERENCES = ("uncompressed", "little", "big", "implicit", "deflated")
+_SORT_SPELLINGS = {"concurrent": "--sort-conc-studies", "studyuid": "--sort-on-study-uid",
+                   "patientname": "--sort-on-patientname"}
+
+
+def _output_conflicts(v: dict[str, Any], given: frozenset[str]) -> list[str]:
+    """The output and negotiation combinations DCMTK storescp 3.6.7 refuses, in its words.
+
+    DCMTK refuses an option of these blocks as soon as it is given, even with its default value
+    (``+B +g=``), so settings named on the command line count as well as changed ones.
+    """
+    problems = []
+
+    def used(name: str) -> bool:
+        return name in given or v.get(name) != BY_NAME[name].default
+
+    preference = v.get("transfer_syntaxes", "uncompressed")
+    if v.get("config_file") and v.get("promiscuous"):
+        problems.append("--config-file not allowed with --promiscuous")
+    if v.get("config_file") and preference != "uncompressed":
+        problems.append(f"--config-file not allowed with {_long_spelling('transfer_syntaxes', preference)}")
+    xfer = v.get("write_transfer_syntax", "same")
+    if xfer != "same":
+        if v.get("bit_preserving"):
+            problems.append(f"{_long_spelling('write_transfer_syntax', xfer)} not allowed with --bit-preserving")
+        if preference not in _UNCOMPRESSED_PREFERENCES:
+            problems.append(f"{_long_spelling('write_transfer_syntax', xfer)} not allowed with "
+                            f"{_long_spelling('transfer_syntaxes', preference)}")
+    if v.get("bit_preserving"):
+        for name in ("new_vr", "group_length", "length_encoding"):
+            if used(name):
+                problems.append(f"{_long_spelling(name, v.get(name))} not allowed with --bit-preserving")
+        if v.get("padding"):
+            problems.append("--padding-create not allowed with --bit-preserving")
+        if v.get("sort"):
+            problems.append(f"{_SORT_SPELLINGS.get(v['sort'][0], '--sort-*')} not allowed with --bit-preserving")
+    if v.get("padding") and not v.get("write_file_format", True):
+        problems.append("--padding-create not allowed with --write-dataset")
+    if used("compression_level") and xfer not in ("deflated", "same"):
+        problems.append("--compression-level only allowed with --write-xfer-deflated or --write-xfer-same")
+    return problems
+
+
+def _event_conflicts(v: dict[str, Any]) -> list[str]:
+    """DCMTK storescp 3.6.7's dependencies of the event options, in its words. Its refusal of
+    --exec-on-eostudy and --rename-on-eostudy with --fork is lifted: the supervisor tracks
+    studies across processes (docs/hooks.md)."""
+    problems = []
+    sorts = "--sort-conc-studies, --sort-on-study-uid or --sort-on-patientname"
+    for name, option in (("exec_on_eostudy", "--exec-on-eostudy"), ("rename_on_eostudy", "--rename-on-eostudy")):
+        if v.get(name) and not v.get("sort"):
+            problems.append(f"{option} only allowed with {sorts}")
+    if v.get("eostudy_timeout") and not (v.get("sort") or v.get("exec_on_eostudy") or v.get("rename_on_eostudy")):
+        problems.append("--eostudy-timeout only allowed with --sort-conc-studies, --sort-on-study-uid, "
+                        "--sort-on-patientname, --exec-on-eostudy or --rename-on-eostudy")
+    return problems
+
+
+def _check_combinations(v: dict[str, Any], given: frozenset[str] = frozenset()) -> list[str]:
     problems = []
     if v.get("inetd") and v.get("process_mode") == "fork":
         problems.append("--inetd cannot be combined with --fork")
     if not v.get("inetd") and v.get("port") is None and not os.environ.get("LISTEN_FDS"):
         problems.append("no port given: name the TCP port to listen on (e.g. storescpd 11112) or set port "
                         "in the configuration file")
-    if v.get("config_file") and v.get("promiscuous"):
-        problems.append("--config-file cannot be combined with --promiscuous")
-    if v.get("config_file") and v.get("transfer_syntaxes") != "uncompressed":
-        problems.append("--config-file cannot be combined with a --prefer-* / +x? option")
-    if v.get("bit_preserving") and v.get("write_transfer_syntax") != "same":
-        problems.append("--bit-preserving cannot be combined with --write-xfer-* (+te, +tb, +ti, +td)")
+    problems.extend(_output_conflicts(v, given))
+    if v.get("config_file") and not problems:
+        from .asconfig import load_profile  # the profile is part of the configuration: reload checks it
+
+        try:
+            load_profile(*v["config_file"])
+        except ConfigError as exc:
+            problems.append(str(exc))
     if v.get("rename_on_eostudy") and not v.get("sort"):
         problems.append("--rename-on-eostudy needs one of --sort-conc-studies, --sort-on-study-uid, "
                         "--sort-on-patientname")
@@ -761,7 +830,7 @@ def _check_combinations(v: dict[str, Any]) -> list[str]:
 def build(file_values: dict[str, Any], cli_values: dict[str, Any], source_file: str | None) -> Config:
     """Defaults, then the file, then the command line; raises ConfigError listing every problem."""
     values = {**defaults(), **file_values, **cli_values}
-    problems = validate(values)
+    problems = validate(values, frozenset(cli_values))
     if problems:
         where = f" ({source_file})" if source_file else ""
         raise ConfigError(f"invalid configuration{where}:\n  " + "\n  ".join(problems))

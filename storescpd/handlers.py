@@ -13,6 +13,7 @@ from pydicom.dataset import FileMetaDataset
 
 from . import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from .config import Config
+from .convert import Encoding, convert, encoding_for
 from .receive import file_meta_bytes
 from .storage import (
     Identifiers,
@@ -172,6 +173,12 @@ def _store(event: Any, ctx: StoreContext, sop_class: str, sop_instance: str) -> 
         staged.discard()
         LOG.error("%s; answering 0xA900 (data set does not match SOP class), nothing stored", mismatch)
         return STATUS_DATASET_DOES_NOT_MATCH_SOP_CLASS, None
+    encoding = encoding_for(ctx.config, transfer_syntax)
+    if encoding is not None:
+        converted, status = _reencode(ctx, staged, transfer_syntax, encoding, event.request)
+        if converted is None:
+            return status, None
+        staged = converted
     try:
         final = _final_path(ctx, sop_class, sop_instance)
     except UnsafeName as exc:
@@ -193,6 +200,29 @@ def _store(event: Any, ctx: StoreContext, sop_class: str, sop_instance: str) -> 
         return STATUS_SUCCESS, final
     LOG.info("storing DICOM file: %s", stored)
     return STATUS_SUCCESS, stored
+
+
+def _reencode(ctx: StoreContext, staged: StagingFile, received: str, encoding: Encoding,
+              request: Any) -> tuple[StagingFile | None, int]:
+    """Write the staged data set again as the output options ask (a second staging file)."""
+    meta = ctx._file_meta(request, encoding.transfer_syntax) if ctx.config.write_file_format else None
+    converted = StagingFile(ctx.staging_dir)
+    try:
+        convert(staged.path, staged.dataset_offset, received, converted.file, encoding, meta)
+        converted.finish(ctx.config.fsync)
+    except OSError as exc:
+        converted.discard()
+        staged.discard()
+        LOG.error("cannot write %s: %s; answering Out of Resources", converted.path, exc.strerror or exc)
+        return None, STATUS_OUT_OF_RESOURCES
+    except Exception as exc:  # pydicom raises many kinds on data it cannot encode
+        converted.discard()
+        staged.discard()
+        LOG.error("cannot write the data set in %s: %s; answering 0xC000, nothing stored",
+                  encoding.transfer_syntax, exc)
+        return None, STATUS_CANNOT_UNDERSTAND
+    staged.discard()
+    return converted, STATUS_SUCCESS
 
 
 def _mismatch(ids: Identifiers, sop_class: str, sop_instance: str, uid_padding: bool) -> str | None:

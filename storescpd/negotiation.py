@@ -8,7 +8,9 @@ DCMTK's ``ASC_acceptContextsWithPreferredTransferSyntaxes``.
 from __future__ import annotations
 
 import sys
+from typing import Any
 
+from .asconfig import load_profile
 from .sop_classes import STORAGE_SOP_CLASSES, VERIFICATION_SOP_CLASS
 
 IMPLICIT_LE = "1.2.840.10008.1.2"
@@ -100,3 +102,25 @@ def contexts(preference: str) -> list[tuple[str, list[str]]]:
     return [(VERIFICATION_SOP_CLASS, verification_transfer_syntaxes(preference))] + [
         (uid, storage) for uid, _name, _prefix in STORAGE_SOP_CLASSES
     ]
+
+
+def acceptor_contexts(config: Any) -> list[tuple[str, list[str], bool | None, bool | None]]:
+    """(abstract syntax, transfer syntaxes, SCU role, SCP role) for every context we accept.
+
+    ``-xf FILE PROFILE`` replaces the +x? lists by the profile's contexts and SCP/SCU role
+    selection (a role of None: no role selection for that SOP class, the default roles).
+    """
+    if config.config_file:
+        profile = load_profile(*config.config_file)
+        return [(uid, list(syntaxes), *profile.roles.get(uid, (None, None))) for uid, syntaxes in profile.contexts]
+    return [(uid, syntaxes, None, None) for uid, syntaxes in contexts(config.transfer_syntaxes)]
+
+
+def extended_negotiation(config: Any) -> dict[str, bytes]:
+    """SOP class extended negotiation answers of the ``-xf`` profile (none without one)."""
+    return load_profile(*config.config_file).extended if config.config_file else {}
+
+
+def answer_extended_negotiation(event: Any, answers: dict[str, bytes]) -> dict[str, bytes]:
+    """EVT_SOP_EXTENDED: answer, for each proposed SOP class the profile lists, the profile's data."""
+    return {uid: answers[str(uid)] for uid in event.app_info if str(uid) in answers}

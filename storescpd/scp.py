@@ -18,7 +18,7 @@ from pynetdicom.transport import AddressInformation, AssociationSocket
 from . import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, receive, tls
 from .config import Config
 from .handlers import EventSink, StoreContext, _no_events, handle_echo, handle_store
-from .negotiation import contexts
+from .negotiation import acceptor_contexts, answer_extended_negotiation, extended_negotiation
 from .storage import prepare_staging_dir
 
 LOG = logging.getLogger("storescpd")
@@ -47,8 +47,8 @@ def application_entity(config: Config) -> AE:
         ae.network_timeout = config.socket_timeout or None
         ae.maximum_associations = 1 << 20
         ae.require_called_aet = False
-        for abstract, syntaxes in contexts(config.transfer_syntaxes):
-            ae.add_supported_context(abstract, syntaxes)
+        for abstract, syntaxes, scu_role, scp_role in acceptor_contexts(config):
+            ae.add_supported_context(abstract, syntaxes, scu_role=scu_role, scp_role=scp_role)
         _ae_cache[key] = ae
     return ae
 
@@ -118,6 +118,9 @@ def serve_association(sock: socket.socket, config: Config, emit: EventSink = _no
         (evt.EVT_C_ECHO, handle_echo),
         (evt.EVT_C_STORE, handle_store, [ctx]),
     ]
+    extended = extended_negotiation(config)
+    if extended:
+        handlers.append((evt.EVT_SOP_EXTENDED, answer_extended_negotiation, [extended]))
     for event, *handler in handlers:
         assoc.bind(event, *handler)
     if on_association is not None:

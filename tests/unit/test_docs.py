@@ -1,0 +1,18 @@
+"""docs/options.md is generated from the settings table and committed: they must agree."""
+
+from __future__ import annotations
+
+from storescpd.docs import render
+from tests.conftest import ROOT
+
+
+def test_committed_options_reference_is_generated() -> None:
+    committed = (ROOT / "docs" / "options.md").read_text()
+    assert committed == render(), "docs/options.md is stale: run .venv/bin/python -m storescpd.docs > docs/options.md"
+
+
+def test_every_flag_has_a_status() -> None:
+    text = render()
+    for marker in ("`+te` `--write-xfer-little`", "`-xf` `--config-file`", "`+B` `--bit-preserving`"):
+        line = next(line for line in text.splitlines() if line.startswith(f"| {marker}"))
+        assert line.endswith("| supported |"), line
