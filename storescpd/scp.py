@@ -15,13 +15,17 @@ from pynetdicom._globals import MODE_ACCEPTOR
 from pynetdicom.association import Association
 from pynetdicom.transport import AddressInformation, AssociationSocket
 
-from . import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, receive, tls
+from . import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, engine, receive, tls
 from .config import Config
 from .handlers import EventSink, StoreContext, _no_events, handle_echo, handle_store
 from .negotiation import acceptor_contexts, answer_extended_negotiation, extended_negotiation
 from .storage import prepare_staging_dir
 
 LOG = logging.getLogger("storescpd")
+
+# The association engine: "storescpd" (engine.py, the default) or "pynetdicom" (its own
+# Association and DUL threads). STORESCPD_ENGINE exists so benchmarks can compare the two.
+ENGINE = os.environ.get("STORESCPD_ENGINE", "storescpd")
 
 # A-ASSOCIATE-RJ (result, source, reason) as DCMTK storescp sends them.
 REJECT_REFUSED = (0x01, 0x01, 0x01)  # rejected-permanent, service-user, no-reason-given
@@ -74,6 +78,8 @@ def serve_association(sock: socket.socket, config: Config, emit: EventSink = _no
             return failed
     output_dir = Path(config.output_directory).resolve()
     staging_dir = prepare_staging_dir(output_dir) if not config.ignore else output_dir
+    if ENGINE == "storescpd":
+        return _serve_with_engine(sock, config, emit, admit, on_association, output_dir, staging_dir)
     ae = application_entity(config)
     assoc = _make_association(ae, sock)
     peer = _peer_text(sock)
@@ -141,6 +147,26 @@ def serve_association(sock: socket.socket, config: Config, emit: EventSink = _no
         calling_ae=ctx.calling_ae, called_ae=ctx.called_ae, objects=ctx.objects, failures=ctx.failures,
         bytes=ctx.bytes_received, duration=time.monotonic() - started,
     )
+    _log_summary(summary)
+    emit("association_ended", summary)
+    return summary
+
+
+def _serve_with_engine(sock: socket.socket, config: Config, emit: EventSink, admit: Any, on_association: Any,
+                       output_dir: Path, staging_dir: Path) -> dict[str, Any]:
+    peer = _peer_text(sock)
+    ctx = StoreContext(config=config, output_dir=output_dir, staging_dir=staging_dir, peer=peer, emit=emit)
+    try:
+        summary = engine.serve(sock, config, ctx, emit,
+                               lambda primitive: _rejection(config, primitive, admit, None), on_association)
+    finally:
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        sock.close()
+    summary.update(calling_ae=ctx.calling_ae, called_ae=ctx.called_ae, objects=ctx.objects,
+                   failures=ctx.failures, bytes=ctx.bytes_received)
     _log_summary(summary)
     emit("association_ended", summary)
     return summary
