@@ -212,6 +212,10 @@ def load_config(argv: Sequence[str]) -> tuple[Config, dict[str, Any]]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["ctl"]:  # the client of a running daemon's API, not a storescp option
+        from .ctl import main as ctl_main
+
+        return ctl_main(argv[1:])
     try:
         config, control = load_config(argv)
     except UsageError as exc:

@@ -637,13 +637,14 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting(
         "api", None, "control API address HOST:PORT or unix:PATH; unset: off", G_DAEMON,
-        flags=(_value(None, "--api", "[a]ddress: string", "serve the control API on a (HOST:PORT or unix:PATH)",
-                      status=NOT_YET),),
+        flags=(_value(None, "--api", "[a]ddress: string", "serve the control API on a (HOST:PORT or unix:PATH)"),),
+        reloadable=False,
     ),
     Setting(
         "api_token_file", None, "file holding the API bearer token", G_DAEMON,
-        flags=(_value(None, "--api-token-file", "[f]ilename: string", "require this bearer token on the API",
-                      status=NOT_YET),),
+        flags=(_value(None, "--api-token-file", "[f]ilename: string",
+                      "require this bearer token on the API (mutating calls;\nevery call outside loopback)"),),
+        reloadable=False,
     ),
     Setting(
         "run_directory", None, "directory for the control socket; unset: a private temporary one", G_DAEMON,
@@ -818,6 +819,9 @@ def _check_combinations(v: dict[str, Any], given: frozenset[str] = frozenset()) 
     from . import tls  # lazy: tls reads the settings, the settings call tls
 
     problems.extend(tls.validate(v))
+    from .api.address import api_problems  # lazy, as tls
+
+    problems.extend(api_problems(v))
     out = v.get("output_directory")
     if out and not v.get("ignore"):
         if not os.path.isdir(out):

@@ -8,7 +8,7 @@ import socket
 import sys
 from typing import Sequence
 
-from .config import Config
+from .config import Config, ConfigError
 from .listeners import bind_listener, inherited_sockets
 from .scp import serve_association
 from .systemd import notify, take_notify_socket
@@ -25,6 +25,7 @@ def run(config: Config, argv: Sequence[str]) -> int:
         serve_association(inherited["connection"][0], config)
         return 0
     listeners = {role: socks for role, socks in inherited.items() if role != "connection"}
+    api_sockets = listeners.pop("api", [])  # served by the API process, not by the DICOM accept loop
     if "dicom" not in listeners:
         if config.port is None:
             LOG.critical("no port given: name the TCP port to listen on (e.g. storescpd 11112), set port in "
@@ -40,9 +41,16 @@ def run(config: Config, argv: Sequence[str]) -> int:
         listeners["dicom-tls"] = [bind_listener(config.bind, tls_port)]
     if config.process_mode == "single":
         return run_single(config, listeners["dicom"][0])
+    from .control import ControlPlane
     from .supervisor import Supervisor
 
-    return Supervisor(config, argv, listeners).run()
+    supervisor = Supervisor(config, argv, listeners)
+    try:
+        ControlPlane(supervisor, api_sockets[0] if api_sockets else None).attach()
+    except ConfigError as exc:
+        LOG.critical("%s", exc)
+        return 1
+    return supervisor.run()
 
 
 def run_inetd(config: Config) -> int:

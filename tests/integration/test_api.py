@@ -1,0 +1,399 @@
+"""The control plane against a running daemon: REST API, live associations, metrics, ctl."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import stat
+import statistics
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.conftest import (DCMTK, PEER_ENV, ROOT, STORESCPD, TEST_FILES, Daemon, echoscu, free_port,
+                            require_dcmtk, storescu)
+from tests.integration.test_daemon import children_of, make_object
+
+TOKEN = "0123456789abcdef0123456789abcdef"
+
+
+def setup_module() -> None:
+    require_dcmtk()
+
+
+# ---- helpers -------------------------------------------------------------------------------------
+class Api:
+    def __init__(self, base: str = "", uds: str | None = None, token: str | None = None) -> None:
+        transport = httpx.HTTPTransport(uds=uds) if uds else None
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.client = httpx.Client(base_url=base or "http://storescpd", transport=transport, timeout=15,
+                                   headers=headers)
+
+    def get(self, path: str, **kw: Any) -> httpx.Response:
+        return self.client.get(path, **kw)
+
+    def wait_up(self, timeout: float = 20.0) -> "Api":
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if self.client.get("/readyz").status_code == 200:
+                    return self
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        raise AssertionError("the API did not become ready")
+
+    def metrics(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        response = self.client.get("/metrics")
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/plain")
+        return {(s.name, tuple(sorted(s.labels.items()))): s.value
+                for family in text_string_to_metric_families(response.text) for s in family.samples}
+
+
+def sample(metrics: dict, name: str, **labels: str) -> float:
+    return metrics.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+def api_daemon(daemon_factory, *args: str) -> tuple[Daemon, Api]:
+    port = free_port()
+    d = daemon_factory("--api", f"127.0.0.1:{port}", *args)
+    return d, Api(f"http://127.0.0.1:{port}").wait_up()
+
+
+def api_pid(d: Daemon) -> int:
+    for pid in children_of(d.pid):
+        try:
+            if b"storescpd.api" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                return pid
+        except OSError:
+            pass
+    raise AssertionError("no API process among the daemon's children")
+
+
+def slow_storescu(port: int, path: Path) -> subprocess.Popen:
+    return subprocess.Popen([str(DCMTK / "storescu"), "-pdu", "4096", "127.0.0.1", str(port), str(path)],
+                            env=PEER_ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def wait_for_association(api: Api, timeout: float = 15.0) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        items = api.get("/associations").json()
+        if items and items[0]["state"] == "established":
+            return items[0]
+        time.sleep(0.05)
+    raise AssertionError("no association showed up in /associations")
+
+
+# ---- live associations -------------------------------------------------------------------------
+def test_slow_transfer_shows_in_associations_with_growing_bytes(daemon_factory, tmp_path: Path) -> None:
+    slow = make_object(tmp_path / "slow.dcm", 0, columns=8)  # 16 KB: four 4 KB PDUs, 1 s each
+    d, api = api_daemon(daemon_factory, "--sleep-during", "1", "-pdu", "4096")
+    peer = slow_storescu(d.port, slow)
+    try:
+        first = wait_for_association(api)
+        assert re.fullmatch(r"127\.0\.0\.1:\d+", first["peer"])
+        assert (first["calling_ae"], first["called_ae"]) == ("STORESCU", "ANY-SCP")
+        assert first["worker_pid"] in children_of(d.pid)
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d{4}", first["started"])
+        seen = []
+        deadline = time.monotonic() + 30
+        while peer.poll() is None and time.monotonic() < deadline:
+            response = api.get(f"/associations/{first['id']}")
+            if response.status_code == 200:
+                seen.append(response.json()["bytes_received"])
+            time.sleep(0.2)
+        assert peer.wait(30) == 0, peer.stdout.read() if peer.stdout else ""
+    finally:
+        if peer.poll() is None:
+            peer.kill()
+    growth = sorted(set(seen))
+    assert len(growth) >= 3 and growth[0] > 0, f"bytes_received did not grow while running: {seen}"
+    assert growth == sorted(growth) and seen == sorted(seen)
+    assert api.get(f"/associations/{first['id']}").status_code == 404
+    assert api.get("/associations").json() == []
+    metrics = api.metrics()
+    assert sample(metrics, "storescpd_received_bytes_total") >= max(seen)
+
+
+def test_objects_stored_rises_by_exactly_n_and_metrics_parse(daemon_factory) -> None:
+    d, api = api_daemon(daemon_factory, "--workers", "2")
+    before = api.metrics()
+    files = [TEST_FILES / n for n in ("CT_small.dcm", "MR_small.dcm", "rtplan.dcm")]
+    assert storescu(d.port, files).returncode == 0
+    assert storescu(d.port, files[:2]).returncode == 0
+    assert echoscu(d.port).returncode == 0
+    deadline = time.monotonic() + 10
+    while True:  # association_ended reaches the supervisor just after the peer's release
+        after = api.metrics()
+        if sample(after, "storescpd_associations_total", outcome="released") - \
+                sample(before, "storescpd_associations_total", outcome="released") >= 3 or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    delta = lambda name, **labels: sample(after, name, **labels) - sample(before, name, **labels)  # noqa: E731
+    assert delta("storescpd_objects_stored_total", status="success") == 5
+    assert delta("storescpd_objects_stored_total", status="failure") == 0
+    assert delta("storescpd_associations_total", outcome="released") == 3
+    assert delta("storescpd_store_duration_seconds_count") == 5
+    assert delta("storescpd_received_bytes_total") >= sum(f.stat().st_size for f in files) * 0.8
+    assert sample(after, "storescpd_workers") == 2
+    assert sample(after, "storescpd_associations_active") == 0
+    assert sample(after, "storescpd_config_last_reload_successful") == 1
+    assert sample(after, "storescpd_output_free_bytes") > 0
+    for name in ("storescpd_associations_rejected_total", "storescpd_worker_restarts_total",
+                 "storescpd_config_reloads_total", "storescpd_tls_handshake_failures_total"):
+        assert any(key[0] == name for key in after), name
+    status = api.get("/status").json()
+    assert status["totals"]["objects"]["success"] == 5 and status["process_mode"] == "prefork"
+    assert len(status["workers"]) == 2 and sum(w["associations_served"] for w in status["workers"]) == 3
+
+
+def test_rejections_counted_by_fixed_reason(daemon_factory) -> None:
+    d, api = api_daemon(daemon_factory, "--refuse")
+    assert echoscu(d.port, "-aet", "SOME_AE_TITLE").returncode != 0
+    deadline = time.monotonic() + 10
+    while sample(api.metrics(), "storescpd_associations_rejected_total", reason="refused") < 1:
+        assert time.monotonic() < deadline, api.get("/metrics").text
+        time.sleep(0.05)
+    text = api.get("/metrics").text
+    assert "SOME_AE_TITLE" not in text
+    assert sample(api.metrics(), "storescpd_associations_total", outcome="rejected") == 1
+
+
+def test_delete_aborts_a_running_association(daemon_factory, tmp_path: Path) -> None:
+    slow = make_object(tmp_path / "slow.dcm", 0, columns=32)  # 64 KB in 4 KB PDUs: 16 s if left alone
+    d, api = api_daemon(daemon_factory, "--sleep-during", "1", "-pdu", "4096")
+    assert api.client.delete("/associations/nope-1").status_code == 404
+    peer = slow_storescu(d.port, slow)
+    try:
+        running = wait_for_association(api)
+        started = time.monotonic()
+        response = api.client.delete(f"/associations/{running['id']}")
+        assert response.status_code == 202 and response.json()["id"] == running["id"]
+        output = peer.communicate(timeout=15)[0]
+    finally:
+        if peer.poll() is None:
+            peer.kill()
+    assert time.monotonic() - started < 10
+    assert peer.returncode != 0
+    assert "Abort" in output or "abort" in output, output
+    deadline = time.monotonic() + 10
+    while api.get("/associations").json() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert api.get("/associations").json() == []
+    assert d.stored_files() == []
+    staging = d.output / ".storescpd-staging"
+    assert not staging.exists() or list(staging.iterdir()) == []
+    assert sample(api.metrics(), "storescpd_associations_total", outcome="aborted") == 1
+    assert echoscu(d.port).returncode == 0  # and the daemon goes on serving
+
+
+def test_reload_with_broken_config_answers_422_and_keeps_serving(daemon_factory, tmp_path: Path) -> None:
+    cfg = tmp_path / "storescpd.toml"
+    cfg.write_text('aetitle = "FIRST"\nworkers = 2\n')
+    d, api = api_daemon(daemon_factory, "--config", str(cfg))
+    ok = api.client.post("/reload")
+    assert ok.status_code == 200 and ok.json()["result"] == "success"
+    cfg.write_text("workers = 'many'\n")
+    response = api.client.post("/reload")
+    assert response.status_code == 422
+    body = response.json()
+    assert body["result"] == "failure" and "key 'workers' must be an integer" in body["message"]
+    assert echoscu(d.port, "-aec", "FIRST").returncode == 0
+    status = api.get("/status").json()
+    assert status["last_reload"]["result"] == "failure" and status["config_file"] == str(cfg)
+    metrics = api.metrics()
+    assert sample(metrics, "storescpd_config_reloads_total", result="failure") == 1
+    assert sample(metrics, "storescpd_config_reloads_total", result="success") == 1
+    assert sample(metrics, "storescpd_config_last_reload_successful") == 0
+    assert api.get("/readyz").status_code == 200
+
+
+# ---- security ----------------------------------------------------------------------------------
+def test_token_required_for_mutating_calls(daemon_factory, tmp_path: Path) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN + "\n")
+    d, api = api_daemon(daemon_factory, "--api-token-file", str(token_file))
+    assert api.get("/status").status_code == 200  # loopback: reads need no token
+    assert api.get("/metrics").status_code == 200
+    missing = api.client.post("/reload")
+    assert missing.status_code == 401 and missing.headers["www-authenticate"] == "Bearer"
+    assert api.client.post("/reload", headers={"Authorization": "Bearer wrong"}).status_code == 401
+    assert api.client.delete("/associations/1-1").status_code == 401
+    good = api.client.post("/reload", headers={"Authorization": f"Bearer {TOKEN}"})
+    assert good.status_code == 200
+    deadline = time.monotonic() + 5
+    while d.log().count("401") < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert "API: 401 for POST /reload from 127.0.0.1" in d.log()
+
+
+def test_tcp_outside_loopback_without_token_refuses_to_start(tmp_path: Path) -> None:
+    result = subprocess.run([STORESCPD, "--api", f"0.0.0.0:{free_port()}", "-od", str(tmp_path), str(free_port())],
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 1
+    assert "outside loopback" in result.stderr and "api_token_file" in result.stderr
+
+
+def test_unix_socket_mode_and_ctl(daemon_factory, tmp_path: Path) -> None:
+    path = tmp_path / "api.sock"
+    d = daemon_factory("--api", f"unix:{path}", "--run-directory", str(tmp_path / "run"))
+    api = Api(uds=str(path)).wait_up()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o660
+    assert stat.S_IMODE((tmp_path / "run" / "control.sock").stat().st_mode) == 0o600
+    assert api.get("/healthz").json() == {"status": "ok"}
+
+    def ctl(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([STORESCPD, "ctl", "--api", f"unix:{path}", *args], capture_output=True,
+                              text=True, timeout=30)
+
+    status = ctl("status")
+    assert status.returncode == 0 and "prefork mode" in status.stdout and "PID" in status.stdout
+    assert json.loads(ctl("status", "--json").stdout)["process_mode"] == "prefork"
+    assert ctl("associations").stdout == "no associations running\n"
+    assert json.loads(ctl("associations", "--json").stdout) == []
+    missing = ctl("abort", "123-9")
+    assert missing.returncode == 1 and "no running association" in missing.stderr
+    assert ctl("reload").stdout.startswith("reload success")
+    assert "storescpd_objects_stored_total" in ctl("metrics").stdout
+    families = json.loads(ctl("metrics", "--json").stdout)
+    assert families["storescpd_associations_active"]["type"] == "gauge"
+    d.stop()
+    assert not path.exists() and not (tmp_path / "run" / "control.sock").exists()
+
+
+def test_ctl_shows_and_aborts_a_running_association(daemon_factory, tmp_path: Path) -> None:
+    slow = make_object(tmp_path / "slow.dcm", 0, columns=32)
+    d, api = api_daemon(daemon_factory, "--sleep-during", "1", "-pdu", "4096")
+    address = str(api.client.base_url).replace("http://", "").rstrip("/")
+    peer = slow_storescu(d.port, slow)
+    try:
+        running = wait_for_association(api)
+        table = subprocess.run([STORESCPD, "ctl", "associations", "--api", address], capture_output=True,
+                               text=True, timeout=30).stdout
+        assert table.splitlines()[0].split()[:3] == ["ID", "PEER", "CALLING"]
+        assert running["id"] in table and "STORESCU" in table
+        aborted = subprocess.run([STORESCPD, "ctl", "abort", running["id"], "--api", address],
+                                 capture_output=True, text=True, timeout=30)
+        assert aborted.returncode == 0 and f"aborting association {running['id']}" in aborted.stdout
+        assert peer.wait(15) != 0
+    finally:
+        if peer.poll() is None:
+            peer.kill()
+
+
+# ---- the API process is a supervised child ------------------------------------------------------
+def test_api_process_restarted_and_stopped_with_the_daemon(daemon_factory) -> None:
+    d, api = api_daemon(daemon_factory)
+    first = api_pid(d)
+    environ = Path(f"/proc/{first}/environ").read_bytes().split(b"\0")
+    assert not any(v.startswith((b"NOTIFY_SOCKET=", b"LISTEN_FDS=")) for v in environ)
+    os.kill(first, signal.SIGKILL)
+    api.wait_up(timeout=20)
+    second = api_pid(d)
+    assert second != first
+    assert sample(api.metrics(), "storescpd_api_restarts_total") == 1
+    assert d.stop(signal.SIGTERM) == 0
+    assert not Path(f"/proc/{second}").exists() or b"zombie" in Path(f"/proc/{second}/status").read_bytes()
+
+
+def test_socket_activation_with_an_api_socket(tmp_path: Path) -> None:
+    if shutil.which("systemd-socket-activate") is None:
+        pytest.fail("systemd-socket-activate missing: apt-get install systemd (.ci/run does this)")
+    out = tmp_path / "out"
+    out.mkdir()
+    dicom_port, api_port = free_port(), free_port()
+    proc = subprocess.Popen(
+        ["systemd-socket-activate", "-l", f"127.0.0.1:{dicom_port}", "-l", f"127.0.0.1:{api_port}",
+         "--fdname=dicom:api", "-E", f"PATH={os.environ['PATH']}", STORESCPD, "-od", str(out), "--workers", "2"],
+        stdout=subprocess.DEVNULL, stderr=open(tmp_path / "sa.log", "wb"))
+    try:
+        # systemd-socket-activate starts the daemon on the first connection to either socket.
+        assert echoscu(dicom_port).returncode == 0, (tmp_path / "sa.log").read_text()
+        api = Api(f"http://127.0.0.1:{api_port}").wait_up()
+        assert api.get("/status").json()["process_mode"] == "prefork"
+        assert storescu(dicom_port, [TEST_FILES / "CT_small.dcm"]).returncode == 0
+        assert sample(api.metrics(), "storescpd_objects_stored_total", status="success") == 1
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def test_openapi_json_is_the_apps_schema() -> None:
+    from storescpd.api.__main__ import openapi_text
+
+    checked_in = (ROOT / "api" / "openapi.json").read_text()
+    assert checked_in == openapi_text(), \
+        "api/openapi.json differs from the app: regenerate with `python -m storescpd.api --print-openapi > api/openapi.json`"
+
+
+# ---- churn -------------------------------------------------------------------------------------
+CHURN_ASSOCIATIONS = 500
+CHURN_BUDGET_SECONDS = 90.0
+
+
+def dir_footprint(path: Path) -> tuple[int, int]:
+    entries = list(path.rglob("*"))
+    return len(entries), sum(p.lstat().st_size for p in entries)
+
+
+def rss_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def test_churn_leaves_metrics_latency_and_run_directory_flat(daemon_factory, tmp_path: Path) -> None:
+    from pynetdicom import AE
+
+    run_dir = tmp_path / "run"
+    d, api = api_daemon(daemon_factory, "--fork", "--run-directory", str(run_dir))
+    ae = AE(ae_title="CHURN")
+    ae.add_requested_context("1.2.840.10008.1.1")
+    ae.acse_timeout = ae.network_timeout = ae.dimse_timeout = 10
+    latency: list[float] = []
+    footprint: list[tuple[int, int]] = []
+    rss: list[int] = []
+    started = time.monotonic()
+    done = 0
+    for i in range(CHURN_ASSOCIATIONS):
+        assoc = ae.associate("127.0.0.1", d.port)
+        assert assoc.is_established, f"association {i} failed"
+        assert assoc.send_c_echo().Status == 0
+        assoc.release()
+        done += 1
+        if i < 50 or i >= CHURN_ASSOCIATIONS - 50:
+            t0 = time.perf_counter()
+            assert api.get("/metrics").status_code == 200
+            latency.append(time.perf_counter() - t0)
+            footprint.append(dir_footprint(run_dir))
+            rss.append(rss_kb(d.pid))
+        assert time.monotonic() - started < CHURN_BUDGET_SECONDS, f"only {done} associations in the time budget"
+    elapsed = time.monotonic() - started
+    first, last = statistics.median(latency[:50]), statistics.median(latency[50:])
+    report = (f"{done} fork-mode associations in {elapsed:.1f} s; /metrics median {first * 1000:.1f} ms "
+              f"(first 50) vs {last * 1000:.1f} ms (last 50); run directory {footprint[0]} vs {footprint[-1]} "
+              f"(entries, bytes); supervisor RSS {rss[0]} vs {rss[-1]} kB")
+    print(report)
+    (tmp_path / "churn.txt").write_text(report + "\n")
+    assert last <= max(3 * first, first + 0.05), report
+    assert footprint[-1] == footprint[0], report
+    assert rss[-1] <= rss[0] * 1.25 + 4096, report
+    deadline = time.monotonic() + 10
+    while sample(api.metrics(), "storescpd_associations_total", outcome="released") < done:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    assert len(api.metrics()) < 200  # the series do not multiply with associations or workers
