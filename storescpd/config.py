@@ -800,9 +800,6 @@ def _check_combinations(v: dict[str, Any], given: frozenset[str] = frozenset()) 
     problems = []
     if v.get("inetd") and v.get("process_mode") == "fork":
         problems.append("--inetd cannot be combined with --fork")
-    if not v.get("inetd") and v.get("port") is None and not os.environ.get("LISTEN_FDS"):
-        problems.append("no port given: name the TCP port to listen on (e.g. storescpd 11112) or set port "
-                        "in the configuration file")
     problems.extend(_output_conflicts(v, given))
     if v.get("config_file") and not problems:
         from .asconfig import load_profile  # the profile is part of the configuration: reload checks it
