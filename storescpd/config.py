@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import shlex
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -127,24 +126,9 @@ def _check_aetitle(value: str) -> str | None:
 
 
 def _check_command(value: str) -> str | None:
-    if value is None:
-        return None
-    try:
-        argv = shlex.split(value)
-    except ValueError as exc:
-        return f"cannot be split into arguments: {exc}"
-    if not argv:
-        return "is empty"
-    shell_tokens = [t for t in argv if t in {"|", "||", "&&", ";", ">", ">>", "<", "&", "2>", "2>&1"}]
-    if shell_tokens or any(t.startswith(("|", ";", ">", "<")) for t in argv[1:]):
-        return (
-            "uses shell syntax ("
-            + " ".join(shell_tokens or ["redirection"])
-            + "), but storescpd runs hooks without a shell so that peer-controlled values can never "
-            "start a command; write it as: sh -c 'your | pipeline \"$1\"' -- #p (placeholders become "
-            "positional arguments)"
-        )
-    return None
+    from .hooks import command_problem  # lazy: hooks is the one place that knows how commands run
+
+    return command_problem(value)
 
 
 NETWORK_PREF_FLAGS = tuple(
@@ -526,12 +510,12 @@ SETTINGS: tuple[Setting, ...] = (
         "sort", None, "sorting into study subdirectories: [mode, prefix]", G_OUTPUT,
         flags=(
             _value("-ss", "--sort-conc-studies", "[p]refix: string", "sort studies using prefix p and a timestamp",
-                   const="concurrent", status=NOT_YET, subgroup="sorting into subdirectories (not with --bit-preserving):"),
+                   const="concurrent", subgroup="sorting into subdirectories (not with --bit-preserving):"),
             _value("-su", "--sort-on-study-uid", "[p]refix: string",
-                   "sort studies using prefix p and the Study Instance UID", const="studyuid", status=NOT_YET,
+                   "sort studies using prefix p and the Study Instance UID", const="studyuid",
                    subgroup="sorting into subdirectories (not with --bit-preserving):"),
             _flag("-sp", "--sort-on-patientname", "sort studies using the Patient's Name and a timestamp",
-                  const=["patientname", ""], status=NOT_YET,
+                  const=["patientname", ""],
                   subgroup="sorting into subdirectories (not with --bit-preserving):"),
         ),
         type=list,
@@ -557,34 +541,32 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "exec_on_reception", None, "command to run after each stored object", G_EVENT,
         flags=(_value("-xcr", "--exec-on-reception", "[c]ommand: string",
-                      "execute command c after having received and processed\none C-STORE-RQ message",
-                      status=NOT_YET),),
+                      "execute command c after having received and processed\none C-STORE-RQ message"),),
         check=_check_command,
     ),
     Setting(
         "exec_on_eostudy", None, "command to run at the end of each study", G_EVENT,
         flags=(_value("-xcs", "--exec-on-eostudy", "[c]ommand: string",
                       "execute command c after having received and processed\n"
-                      "all C-STORE-RQ messages that belong to one study", status=NOT_YET),),
+                      "all C-STORE-RQ messages that belong to one study"),),
         check=_check_command,
     ),
     Setting(
         "rename_on_eostudy", False, "rename a finished study's files", G_EVENT,
         flags=(_flag("-rns", "--rename-on-eostudy",
                      "having received and processed all C-STORE-RQ messages\nthat belong to one study, "
-                     "rename output files according\nto a certain pattern", const=True, status=NOT_YET),),
+                     "rename output files according\nto a certain pattern", const=True),),
         type=bool,
     ),
     Setting(
         "eostudy_timeout", 0, "seconds of silence that end a study (0: off)", G_EVENT,
         flags=(_value("-tos", "--eostudy-timeout", "[t]imeout: integer",
-                      "specifies a timeout of t seconds for end-of-study\ndetermination", status=NOT_YET),),
+                      "specifies a timeout of t seconds for end-of-study\ndetermination"),),
         type=int, minimum=0,
     ),
     Setting(
         "exec_sync", False, "run hooks synchronously", G_EVENT,
-        flags=(_flag("-xs", "--exec-sync", "execute command synchronously in foreground", const=True,
-                     status=NOT_YET),),
+        flags=(_flag("-xs", "--exec-sync", "execute command synchronously in foreground", const=True),),
         type=bool,
     ),
     # daemon options (storescpd's own)
@@ -808,11 +790,7 @@ def _check_combinations(v: dict[str, Any], given: frozenset[str] = frozenset()) 
             load_profile(*v["config_file"])
         except ConfigError as exc:
             problems.append(str(exc))
-    if v.get("rename_on_eostudy") and not v.get("sort"):
-        problems.append("--rename-on-eostudy needs one of --sort-conc-studies, --sort-on-study-uid, "
-                        "--sort-on-patientname")
-    if v.get("eostudy_timeout") and not (v.get("sort") or v.get("exec_on_eostudy") or v.get("rename_on_eostudy")):
-        problems.append("--eostudy-timeout needs --sort-*, --exec-on-eostudy or --rename-on-eostudy")
+    problems.extend(_event_conflicts(v))
     from . import tls  # lazy: tls reads the settings, the settings call tls
 
     problems.extend(tls.validate(v))

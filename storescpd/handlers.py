@@ -15,6 +15,7 @@ from . import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from .config import Config
 from .convert import Encoding, convert, encoding_for
 from .receive import file_meta_bytes
+from .studies import process_client as process_study_client
 from .storage import (
     Identifiers,
     Naming,
@@ -60,6 +61,8 @@ class StoreContext:
     started: float = field(default_factory=time.monotonic)
     _fragments_in_message: int = 0
     _next_progress: float = 0.0
+    # Study folders and hooks (-ss/-su/-sp, -xcr, -xcs): this process's StudyClient, or None.
+    studies: Any = field(default_factory=process_study_client)
 
     @property
     def naming(self) -> Naming:
@@ -136,6 +139,8 @@ def handle_store(event: Any, ctx: StoreContext) -> int:
         ctx.abort()
         return STATUS_REFUSED_OUT_OF_RESOURCES
     status, path = _store(event, ctx, sop_class, sop_instance)
+    if ctx.studies is not None and status == STATUS_SUCCESS:
+        ctx.studies.stored(ctx, path, sop_class)  # never raises: a hook cannot change the status
     if ctx.config.sleep_after:
         time.sleep(ctx.config.sleep_after)
     outcome = "success" if status == STATUS_SUCCESS else "failure"
@@ -180,7 +185,8 @@ def _store(event: Any, ctx: StoreContext, sop_class: str, sop_instance: str) -> 
             return status, None
         staged = converted
     try:
-        final = _final_path(ctx, sop_class, sop_instance)
+        folder = ctx.studies.place(ctx, ids) if ctx.studies is not None else None
+        final = _final_path(ctx, sop_class, sop_instance, folder)
     except UnsafeName as exc:
         staged.discard()
         LOG.error("%s (from %s at %s); answering 0xC000, nothing stored", exc, ctx.calling_ae, ctx.peer)
@@ -237,12 +243,14 @@ def _mismatch(ids: Identifiers, sop_class: str, sop_instance: str, uid_padding: 
     return None
 
 
-def _final_path(ctx: StoreContext, sop_class: str, sop_instance: str) -> Path:
+def _final_path(ctx: StoreContext, sop_class: str, sop_instance: str, folder: str | None = None) -> Path:
+    directory = ctx.output_dir / folder if folder else ctx.output_dir
     name = ctx.naming.name(sop_class, sop_instance)
     if ctx.config.filenames == "timenames":
-        name = _serialised(ctx.output_dir, name)
-    path = ctx.output_dir / name
-    if path.parent != ctx.output_dir or os.sep in name or name in (".", ".."):
+        name = _serialised(directory, name)
+    path = directory / name
+    leaves = folder is not None and (directory.parent != ctx.output_dir or folder in (".", ".."))
+    if leaves or path.parent != directory or os.sep in name or name in (".", ".."):
         raise UnsafeName(f"file name {name!r} would leave the output directory")
     return path
 

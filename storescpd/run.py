@@ -8,6 +8,7 @@ import socket
 import sys
 from typing import Sequence
 
+from . import studies
 from .config import Config, ConfigError
 from .listeners import bind_listener, inherited_sockets
 from .scp import serve_association
@@ -19,9 +20,11 @@ LOG = logging.getLogger("storescpd")
 def run(config: Config, argv: Sequence[str]) -> int:
     take_notify_socket()
     if config.inetd:
+        studies.use_local(config)
         return run_inetd(config)
     inherited = inherited_sockets()
     if "connection" in inherited:
+        studies.use_local(config)
         serve_association(inherited["connection"][0], config)
         return 0
     listeners = {role: socks for role, socks in inherited.items() if role != "connection"}
@@ -40,11 +43,13 @@ def run(config: Config, argv: Sequence[str]) -> int:
     if tls_port and "dicom-tls" not in listeners:
         listeners["dicom-tls"] = [bind_listener(config.bind, tls_port)]
     if config.process_mode == "single":
+        studies.use_local(config)  # study state and hooks in this process, as in DCMTK
         return run_single(config, listeners["dicom"][0])
     from .control import ControlPlane
     from .supervisor import Supervisor
 
     supervisor = Supervisor(config, argv, listeners)
+    studies.SupervisorStudies(supervisor)  # study state spans workers and associations
     try:
         ControlPlane(supervisor, api_sockets[0] if api_sockets else None).attach()
     except ConfigError as exc:

@@ -11,7 +11,7 @@ import sys
 import threading
 from typing import Any
 
-from . import ipc
+from . import ipc, studies
 from .config import Config
 from .scp import serve_association
 
@@ -34,6 +34,7 @@ class Worker:
         self.served = 0
         self.parent = os.getppid()
         self.current: Any = None
+        studies.use_worker_client(config, self.channel)  # folders and hooks come from the supervisor
 
     def run(self) -> None:
         code = WORKER_OK

@@ -1,0 +1,413 @@
+"""Hooks (-xcr, -xcs): commands run as argument vectors, never through a shell.
+
+DCMTK storescp substitutes the placeholders into the command string and hands it to
+``/bin/sh -c``, so a calling AE title such as ``x";touch PWNED;"`` runs a command
+(CVE-2026-5663). Here the configured command is split into arguments once (``shlex``, at
+configuration time); each placeholder is replaced inside its own argument, so a value from
+the peer is always exactly one argument, whatever it contains. The values are also passed in
+the environment (``ENVIRONMENT``).
+
+A hook starts with stdin on /dev/null, stdout and stderr on a pipe we read (the tail is
+logged with the exit status), no inherited descriptors, no ``NOTIFY_SOCKET``/``LISTEN_*``,
+default signal dispositions, in its own process group (so a timeout kills what it started).
+A hook never changes the status of a C-STORE.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import re
+import select
+import shlex
+import signal
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Callable
+
+LOG = logging.getLogger("storescpd.hooks")
+
+PLACEHOLDERS = {"#p": "path", "#f": "file", "#a": "calling_ae", "#c": "called_ae", "#r": "peer"}
+ENVIRONMENT = {
+    "path": "STORESCPD_PATH",
+    "file": "STORESCPD_FILE",
+    "calling_ae": "STORESCPD_CALLING_AE",
+    "called_ae": "STORESCPD_CALLED_AE",
+    "peer": "STORESCPD_PEER",
+}
+EVENT_VARIABLE = "STORESCPD_EVENT"  # "reception" or "end-of-study"
+PEER_CONTROLLED = ("#a", "#c")  # values a peer chooses freely (a study folder and #r are ours)
+_PLACEHOLDER = re.compile("#[pfacr]")
+# Never handed to a hook: systemd's channels belong to the daemon alone.
+_PRIVATE_VARIABLES = ("NOTIFY_SOCKET", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "WATCHDOG_USEC",
+                      "WATCHDOG_PID")
+_RESET_SIGNALS = frozenset(s for s in signal.Signals if s not in (signal.SIGKILL, signal.SIGSTOP))
+
+HOOK_TIMEOUT_SECONDS = 600.0  # a hook still running after this is killed (with its process group)
+MAX_RUNNING = 32  # asynchronous hooks at once; more wait in order
+OUTPUT_TAIL_BYTES = 2048
+_SHELL_OPERATORS = "|;&<>()"
+_GLOB = "*?"
+
+
+def split_command(command: str) -> tuple[str, ...]:
+    """The argument vector of a configured command (placeholders still in it)."""
+    return _split(command)
+
+
+@lru_cache(maxsize=16)
+def _split(command: str) -> tuple[str, ...]:
+    return tuple(shlex.split(command))
+
+
+def command_problem(command: str | None) -> str | None:
+    """Why a configured -xcr/-xcs command cannot be run without a shell, or None.
+
+    The message tells a site whose DCMTK command line relied on /bin/sh how to write it.
+    """
+    if command is None:
+        return None
+    try:
+        argv = split_command(command)
+    except ValueError as exc:
+        return f"cannot be split into arguments ({exc}): check its quotes"
+    if not argv:
+        return "is empty"
+    syntax = shell_syntax(command)
+    if syntax:
+        return (
+            f"uses shell syntax ({' '.join(syntax)}), but storescpd runs hooks without a shell so that "
+            "values from the peer can never start a command; write it as: "
+            "sh -c 'your | pipeline \"$1\" \"$2\"' -- #p #f (each placeholder becomes one positional "
+            "argument; the values are also in STORESCPD_PATH, STORESCPD_FILE, STORESCPD_CALLING_AE, "
+            "STORESCPD_CALLED_AE and STORESCPD_PEER)"
+        )
+    if _PLACEHOLDER.search(argv[0]):
+        return (f"has a placeholder in its program name ({argv[0]!r}): the program must be fixed, "
+                "only its arguments can carry values")
+    return None
+
+
+def shell_syntax(command: str) -> list[str]:
+    """The shell constructs /bin/sh would have interpreted outside quotes (in order, once each)."""
+    found: list[str] = []
+    quote = ""
+    escaped = False
+    at_word_start = True
+    for i, ch in enumerate(command):
+        if escaped:
+            escaped = False
+            at_word_start = False
+            continue
+        if ch == "\\" and quote != "'":
+            escaped = True
+            continue
+        if quote == "'":
+            if ch == "'":
+                quote = ""
+            continue
+        if quote == '"':
+            if ch == '"':
+                quote = ""
+            elif ch in "$`":
+                _note(found, _expansion(command, i))
+            continue
+        if ch in "'\"":
+            quote = ch
+            at_word_start = False
+            continue
+        if ch.isspace():
+            at_word_start = True
+            continue
+        if ch in _SHELL_OPERATORS:
+            _note(found, _operator(command, i))
+        elif ch in "$`":
+            _note(found, _expansion(command, i))
+        elif ch in _GLOB:
+            _note(found, ch)
+        elif ch == "~" and at_word_start:
+            _note(found, "~")
+        at_word_start = False
+    return found
+
+
+def _note(found: list[str], token: str) -> None:
+    if token not in found:
+        found.append(token)
+
+
+def _operator(command: str, i: int) -> str:
+    j = i
+    while j < len(command) and command[j] in "|;&<>":
+        j += 1
+    return command[i:max(j, i + 1)]
+
+
+def _expansion(command: str, i: int) -> str:
+    if command[i] == "`":
+        return "`...`"
+    nxt = command[i + 1:i + 2]
+    if nxt == "(":
+        return "$(...)"
+    if nxt == "{":
+        return "${...}"
+    match = re.match(r"\$[A-Za-z_][A-Za-z0-9_]*|\$.", command[i:])
+    return match.group(0) if match else "$"
+
+
+def command_warnings(command: str | None, option: str) -> list[str]:
+    """Things worth a warning at startup in a command that can run (not errors)."""
+    if not command or command_problem(command):
+        return []
+    argv = split_command(command)
+    warnings = []
+    if option == "--exec-on-eostudy" and any("#f" in arg for arg in argv):
+        warnings.append("--exec-on-eostudy: #f has no value at the end of a study; it stays '#f' "
+                        "(as in DCMTK)")
+    seen_end_of_options = False
+    for arg in argv[1:]:
+        if arg == "--":
+            seen_end_of_options = True
+        elif not seen_end_of_options and arg.startswith(PEER_CONTROLLED):
+            warnings.append(
+                f"{option}: the argument {arg!r} begins with a value the peer chooses; an AE title "
+                f"such as '-rf' reaches {argv[0]} as an option unless '--' comes before it")
+            break
+    return warnings
+
+
+def substitute(argv: tuple[str, ...] | list[str], values: dict[str, str]) -> list[str]:
+    """Each placeholder replaced inside its own argument, in one pass (a value is never re-read).
+
+    A placeholder whose value is not given stays as written (DCMTK leaves #f of -xcs alone).
+    """
+    def one(match: re.Match[str]) -> str:
+        name = PLACEHOLDERS[match.group(0)]
+        value = values.get(name)
+        return match.group(0) if value is None else _argument_safe(value)
+
+    return [_PLACEHOLDER.sub(one, arg) for arg in argv]
+
+
+def _argument_safe(value: str) -> str:
+    return value.replace("\0", "")  # exec cannot pass NUL; nothing else needs care without a shell
+
+
+def environment(values: dict[str, str], event: str, base: dict[str, str] | None = None) -> dict[str, str]:
+    env = {k: v for k, v in (os.environ if base is None else base).items() if k not in _PRIVATE_VARIABLES}
+    for name, variable in ENVIRONMENT.items():
+        env.pop(variable, None)
+        if values.get(name) is not None:
+            env[variable] = _argument_safe(values[name])
+    env[EVENT_VARIABLE] = event
+    return env
+
+
+@dataclass
+class RunningHook:
+    pid: int
+    label: str
+    started: float
+    deadline: float
+    output: int  # read end of the stdout/stderr pipe
+    tail: bytearray = field(default_factory=bytearray)
+    killed: bool = False
+
+
+@dataclass
+class HookRequest:
+    label: str  # "--exec-on-reception" or "--exec-on-eostudy"
+    argv: list[str]
+    env: dict[str, str]
+
+
+def spawn(request: HookRequest) -> tuple[int, int]:
+    """Start the hook; returns (pid, read end of its output pipe). Raises OSError."""
+    read_end, write_end = os.pipe2(os.O_CLOEXEC)
+    actions = [
+        (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+        (os.POSIX_SPAWN_DUP2, write_end, 1),
+        (os.POSIX_SPAWN_DUP2, write_end, 2),
+    ]
+    actions.extend((os.POSIX_SPAWN_CLOSE, fd) for fd in _inheritable_fds() if fd > 2)
+    try:
+        pid = os.posix_spawnp(request.argv[0], request.argv, request.env, file_actions=actions,
+                              setpgroup=0, setsigdef=_RESET_SIGNALS, setsigmask=())
+    except BaseException:
+        os.close(read_end)
+        raise
+    finally:
+        os.close(write_end)
+    os.set_blocking(read_end, False)
+    return pid, read_end
+
+
+def _inheritable_fds() -> list[int]:
+    """Descriptors an exec would pass on (ours are close-on-exec; anything else is closed)."""
+    found = []
+    try:
+        names = os.listdir("/proc/self/fd")
+    except OSError:
+        return found
+    for name in names:
+        fd = int(name)
+        try:
+            if os.get_inheritable(fd):
+                found.append(fd)
+        except OSError:
+            pass  # the listing's own descriptor, already closed
+    return found
+
+
+class HookRunner:
+    """Starts hooks and follows them until they exit: output tail, timeout, exit status.
+
+    Asynchronous hooks are reaped by whoever owns the process's children: the supervisor's
+    single reaper calls ``exited``; a process without one calls ``reap``. ``run_sync``
+    waits for its own child (the worker's -xs).
+    """
+
+    def __init__(self, timeout: float = HOOK_TIMEOUT_SECONDS, max_running: int = MAX_RUNNING,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.timeout = timeout
+        self.max_running = max_running
+        self.clock = clock
+        self.running: dict[int, RunningHook] = {}
+        self.queue: deque[HookRequest] = deque()
+        self.finished = 0
+
+    def start(self, request: HookRequest) -> int | None:
+        """Start now, or queue when MAX_RUNNING run already; returns the pid if started."""
+        if len(self.running) >= self.max_running:
+            if not self.queue:
+                LOG.warning("%d hooks are running: further hooks wait their turn", len(self.running))
+            self.queue.append(request)
+            return None
+        return self._start(request)
+
+    def _start(self, request: HookRequest) -> int | None:
+        try:
+            pid, output = spawn(request)
+        except OSError as exc:
+            LOG.error("cannot execute %s command %r: %s", request.label, request.argv[0],
+                      exc.strerror or exc)
+            return None
+        now = self.clock()
+        self.running[pid] = RunningHook(pid, request.label, now, now + self.timeout, output)
+        LOG.info("executing %s (pid %d): %s", request.label, pid, shlex.join(request.argv))
+        return pid
+
+    def poll(self) -> None:
+        """Read what hooks wrote, kill the overdue ones, start queued ones."""
+        now = self.clock()
+        for hook in list(self.running.values()):
+            _read_available(hook)
+            if not hook.killed and self.timeout and now >= hook.deadline:
+                LOG.warning("%s (pid %d) still running after %d s: killing it", hook.label, hook.pid,
+                            self.timeout)
+                hook.killed = True
+                _kill_group(hook.pid)
+        while self.queue and len(self.running) < self.max_running:
+            self._start(self.queue.popleft())
+
+    def exited(self, pid: int, code: int) -> bool:
+        """The reaper saw ``pid`` end: True if it was one of our hooks."""
+        hook = self.running.pop(pid, None)
+        if hook is None:
+            return False
+        _read_available(hook)
+        os.close(hook.output)
+        self.finished += 1
+        _log_exit(hook, code, self.clock())
+        self.poll()
+        return True
+
+    def reap(self) -> None:
+        """Reap our own hooks (only where no other reaper runs: single process, inetd)."""
+        for pid in list(self.running):
+            try:
+                done, status = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                done, status = pid, 0
+            if done:
+                self.exited(pid, os.waitstatus_to_exitcode(status))
+
+    def run_sync(self, request: HookRequest) -> int | None:
+        """Run to completion (bounded by the timeout); returns the exit code (None: not started)."""
+        try:
+            pid, output = spawn(request)
+        except OSError as exc:
+            LOG.error("cannot execute %s command %r: %s", request.label, request.argv[0],
+                      exc.strerror or exc)
+            return None
+        now = self.clock()
+        hook = RunningHook(pid, request.label, now, now + self.timeout, output)
+        LOG.info("executing %s synchronously (pid %d): %s", request.label, pid, shlex.join(request.argv))
+        try:
+            code = self._wait(hook)
+        finally:
+            os.close(output)
+        _log_exit(hook, code, self.clock())
+        return code
+
+    def _wait(self, hook: RunningHook) -> int:
+        open_output = True
+        while True:
+            done, status = os.waitpid(hook.pid, os.WNOHANG)
+            if done:
+                _read_available(hook)
+                return os.waitstatus_to_exitcode(status)
+            left = hook.deadline - self.clock() if self.timeout else 0.2
+            if self.timeout and left <= 0 and not hook.killed:
+                LOG.warning("%s (pid %d) still running after %d s: killing it", hook.label, hook.pid,
+                            self.timeout)
+                hook.killed = True
+                _kill_group(hook.pid)
+            if open_output:
+                readable, _, _ = select.select([hook.output], [], [], min(max(left, 0.01), 0.2))
+                if readable and not _read_available(hook):
+                    open_output = False  # EOF: the hook closed its output, wait for its exit
+            else:
+                time.sleep(0.02)
+
+
+def _read_available(hook: RunningHook) -> bool:
+    """Append what can be read now to the tail; False once the pipe is at end of file."""
+    while True:
+        try:
+            chunk = os.read(hook.output, 65536)
+        except BlockingIOError:
+            return True
+        except OSError as exc:
+            if exc.errno == errno.EINTR:
+                continue
+            return False
+        if not chunk:
+            return False
+        hook.tail += chunk
+        del hook.tail[:-OUTPUT_TAIL_BYTES]
+
+
+def _kill_group(pid: int) -> None:
+    for kill in (os.killpg, os.kill):
+        try:
+            kill(pid, signal.SIGKILL)
+            return
+        except (ProcessLookupError, PermissionError):
+            continue
+
+
+def _log_exit(hook: RunningHook, code: int, now: float) -> None:
+    output = hook.tail.decode("utf-8", "replace").strip()
+    tail = f"; output: {output[-OUTPUT_TAIL_BYTES:]!r}" if output else ""
+    elapsed = now - hook.started
+    if hook.killed:
+        LOG.warning("%s (pid %d) killed after %.1f s (timeout)%s", hook.label, hook.pid, elapsed, tail)
+    elif code != 0:
+        what = f"was killed by signal {-code}" if code < 0 else f"exited with status {code}"
+        LOG.warning("%s (pid %d) %s after %.1f s%s", hook.label, hook.pid, what, elapsed, tail)
+    else:
+        LOG.info("%s (pid %d) finished after %.1f s%s", hook.label, hook.pid, elapsed, tail)

@@ -1,0 +1,275 @@
+"""StudyTracker and DCMTK's study folder names, without a network (values measured on DCMTK 3.6.7)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from storescpd.config import Config, defaults
+from storescpd.storage import UnsafeName
+from storescpd.studies import (
+    END_OF_STUDY,
+    RECEPTION,
+    StudyTracker,
+    TrackerSettings,
+    check_folder,
+    ensure_folder,
+    folder_name,
+    hook_request,
+    patient_folder_part,
+    rename_study,
+    renamed_prefix,
+    study_uid_folder_part,
+)
+
+WALL = 1796153099.657  # 2026-12-01 local time, millisecond 657
+STAMP = re.compile(r"^\d{8}_\d{6}\d{3}$")
+
+
+@pytest.mark.parametrize("raw, charset, expected", [
+    # measured: storescp -sp with these Patient's Name values
+    ("Müller^Jörg ÄÖÜßäöüÀÉéñ×÷þÞÿ".encode("latin-1"), "ISO_IR 100", "Mueller_Joerg_AeOeUessaeoeueAEen____y"),
+    ("Müller^Jörg".encode("latin-1"), None, "Mueller_Joerg"),
+    (b"a/b..c\\d^e f", None, "a_b__c"),
+    (b"..", None, "__"),
+    (b"/", None, "_"),
+    (b"x\x01y\x1bz\x7fw\x00q", None, "x_y_z_w_q"),
+    (b"", None, "ANONYMOUS"),
+    (None, None, "ANONYMOUS"),
+    (b"   ", None, "ANONYMOUS"),
+    (b" Doe^Jo  ", None, "_Doe_Jo"),
+    ("Ärger^Ölaf".encode("utf-8"), "ISO_IR 192", "A_rger_A_laf"),
+    (bytes(range(0x80, 0xC0)), None, "_" * 64),
+    (bytes(range(0xC0, 0x100)), "ISO_IR 100",
+     "AAAAAeAACEEEEIIIIDNOOOOOe_OUUUUeY_ssaaaaaeaaceeeeiiiidnoooooe_ouuuuey_y"),
+    (bytes(c for c in range(0x20, 0x7F) if c != 0x5C), None,
+     "________________0123456789_______ABCDEFGHIJKLMNOPQRSTUVWXYZ_____abcdefghijklmnopqrstuvwxyz____"),
+    (b"Yamada^Tarou=\x1b$B;3ED\x1b(B^\x1b$BB@O:\x1b(B", "\\ISO 2022 IR 87", "Yamada_Tarou___B_3ED__B___BB_O___B"),
+])
+def test_patient_folder_part_is_dcmtk_spelling(raw: bytes | None, charset: str | None, expected: str) -> None:
+    assert patient_folder_part(raw, charset) == expected
+
+
+def test_patient_folder_part_warns_like_dcmtk_for_other_character_sets(caplog: pytest.LogCaptureFixture) -> None:
+    patient_folder_part("Ärger".encode("utf-8"), "ISO_IR 192")
+    assert "Patient name not in Latin-1 (charset: ISO_IR 192), ASCII dir name may be broken" in caplog.text
+
+
+def test_long_patient_name_still_fits_a_folder_name() -> None:
+    # DCMTK cannot create the folder (ENAMETOOLONG) and answers 0xC000; we shorten the name.
+    name = folder_name("patientname", "", "1.2", patient_folder_part(b"A" * 300, None), WALL)
+    assert len(name) <= 255
+    check_folder(name)
+
+
+@pytest.mark.parametrize("uid, expected", [
+    ("1.2.3.4", "1.2.3.4"),
+    ("1.2/3", "1.2_3"),
+    ("1.2.aZ-_+b", "1.2.aZ-__b"),
+    ("1.2.3\x01x:y*z", "1.2.3_x:y_z"),
+    ("..", ".."),  # harmless after a prefix; refused without one (below)
+])
+def test_study_uid_folder_part(uid: str, expected: str) -> None:
+    assert study_uid_folder_part(uid) == expected
+
+
+def test_folder_names_follow_dcmtk_patterns() -> None:
+    assert re.match(r"^PFX_\d{8}_\d{9}$", folder_name("concurrent", "PFX", "1.2", "", WALL))
+    assert STAMP.match(folder_name("concurrent", "", "1.2", "", WALL))  # no "_" after an empty prefix
+    assert folder_name("concurrent", "PFX", "1.2", "", WALL).endswith("657")
+    assert folder_name("studyuid", "PFX", "1.2.3", "", WALL) == "PFX_1.2.3"
+    assert folder_name("studyuid", "", "1.2.3", "", WALL) == "1.2.3"
+    assert re.match(r"^Doe_John_\d{8}_\d{9}$", folder_name("patientname", "", "1.2", "Doe_John", WALL))
+
+
+@pytest.mark.parametrize("uid", [".", ".."])
+def test_study_uid_dot_folders_are_refused(uid: str) -> None:
+    # DCMTK 3.6.7 with -su "" stores a ".." study one level above -od (measured); we refuse.
+    with pytest.raises(UnsafeName):
+        folder_name("studyuid", "", uid, "", WALL)
+    assert folder_name("studyuid", "P", uid, "", WALL) == f"P_{uid}"
+
+
+@pytest.mark.parametrize("name", ["", ".", "..", "a/b", "a\0b", "x" * 256])
+def test_check_folder_refuses_anything_but_one_component(name: str) -> None:
+    with pytest.raises(UnsafeName):
+        check_folder(name)
+
+
+def test_ensure_folder_refuses_a_planted_symlink(tmp_path: Path) -> None:
+    (tmp_path / "PFX_1.2").symlink_to("/")
+    with pytest.raises(UnsafeName):
+        ensure_folder(tmp_path, "PFX_1.2", fsync=False)
+    assert ensure_folder(tmp_path, "PFX_1.3", fsync=True).is_dir()
+
+
+def test_renamed_prefix_is_the_first_two_characters_of_dcmtk_file_prefix() -> None:
+    assert renamed_prefix("1.2.840.10008.5.1.4.1.1.2") == "CT"
+    assert renamed_prefix("1.2.840.10008.5.1.4.1.1.4.1") == "MR"  # MRe
+    assert renamed_prefix("1.2.3.4.5.6.private") == "UN"  # UNKNOWN
+
+
+# ---- the tracker ------------------------------------------------------------------------
+
+def settings(**kw: object) -> TrackerSettings:
+    base = dict(sort="concurrent", prefix="PFX", rename=True, timeout=0.0, output_directory="/out",
+                on_reception=True, on_end_of_study=True)
+    base.update(kw)
+    return TrackerSettings(**base)  # type: ignore[arg-type]
+
+
+def values(ae: str) -> dict[str, str]:
+    return {"calling_ae": ae, "called_ae": "STORESCP", "peer": "localhost"}
+
+
+class Feed:
+    """Drive a tracker like a worker: place, store, end association; collect the actions."""
+
+    def __init__(self, tracker: StudyTracker) -> None:
+        self.tracker = tracker
+        self.now = 100.0
+        self.wall = WALL
+        self.actions: list[dict] = []
+        self.n = 0
+
+    def store(self, sender: str, uid: str, prefix: str = "CT") -> str:
+        self.now += 0.1
+        self.wall += 0.1
+        folder, ended = self.tracker.place(sender, uid, "", self.now, self.wall)
+        self.n += 1
+        file = f"{prefix}.{self.n}"
+        self.actions += self.tracker.stored(sender, uid, folder, file, prefix, values(sender), self.now)
+        self.actions += ended
+        return folder
+
+    def end(self, sender: str) -> None:
+        self.actions += self.tracker.sender_done(sender, self.now)
+
+    def hooks(self, event: str) -> list[dict]:
+        return [a["values"] for a in self.actions if a["action"] == "hook" and a["event"] == event]
+
+
+def test_sequential_associations_follow_dcmtk() -> None:
+    # The measured DCMTK scenario: (A1 A2) (A3 B1) (B2) (C1), each in its own association.
+    feed = Feed(StudyTracker(settings()))
+    a = feed.store("S1", "A"); feed.store("S1", "A"); feed.end("S1")
+    assert feed.store("S2", "A", "MR") == a  # same study over a new association: same folder
+    b = feed.store("S2", "B")
+    assert b != a
+    feed.end("S2")
+    feed.store("S3", "B", "MR"); feed.end("S3")
+    c = feed.store("S4", "C"); feed.end("S4")
+    renames = [a for a in feed.actions if a["action"] == "rename"]
+    assert [(r["folder"], [f["file"] for f in r["files"]]) for r in renames] == [
+        (a, ["CT.1", "CT.2", "MR.3"]), (b, ["CT.4", "MR.5"])]
+    ends = feed.hooks(END_OF_STUDY)
+    assert [e["path"] for e in ends] == [f"/out/{a}", f"/out/{b}"]
+    # #a of an end-of-study hook: the association that sent the study's last object.
+    assert [e["calling_ae"] for e in ends] == ["S2", "S3"]
+    assert [r["path"] for r in feed.hooks(RECEPTION)] == [f"/out/{f}" for f in (a, a, a, b, b, c)]
+    assert [s["folder"] for s in feed.tracker.snapshot()] == [c]  # the last study stays open
+
+
+def test_rename_comes_before_the_end_of_study_hook() -> None:
+    feed = Feed(StudyTracker(settings()))
+    feed.store("S1", "A"); feed.end("S1"); feed.store("S2", "B")
+    kinds = [a["action"] for a in feed.actions if a["action"] == "rename" or a.get("event") == END_OF_STUDY]
+    assert kinds == ["rename", "hook"]
+
+
+def test_concurrent_senders_keep_their_studies_whole() -> None:
+    feed = Feed(StudyTracker(settings()))
+    a = feed.store("X", "A")
+    b = feed.store("Y", "B")
+    for _ in range(3):  # interleaved: DCMTK's global rule would start a folder at every switch
+        assert feed.store("X", "A") == a
+        assert feed.store("Y", "B") == b
+    assert feed.hooks(END_OF_STUDY) == []
+    feed.end("X")  # A was superseded by B's later objects and its sender is done
+    assert [e["path"] for e in feed.hooks(END_OF_STUDY)] == [f"/out/{a}"]
+    feed.end("Y")  # B is the latest study: it stays open, as the last study does in DCMTK
+    assert len(feed.hooks(END_OF_STUDY)) == 1
+
+
+def test_same_study_over_parallel_associations_is_one_study() -> None:
+    feed = Feed(StudyTracker(settings()))
+    folders = {feed.store(sender, "A") for sender in ("X", "Y", "Z", "X", "Y")}
+    assert len(folders) == 1
+    for sender in ("X", "Y", "Z"):
+        feed.end(sender)
+    assert feed.hooks(END_OF_STUDY) == []
+
+
+def test_timeout_ends_a_silent_study_once_its_associations_are_over() -> None:
+    tracker = StudyTracker(settings(timeout=2.0))
+    folder, _ = tracker.place("S1", "A", "", 10.0, WALL)
+    tracker.stored("S1", "A", folder, "CT.1", "CT", values("S1"), 10.0)
+    assert tracker.tick(20.0) == []  # its association is still open (DCMTK waits for it too)
+    tracker.sender_done("S1", 11.0)
+    assert tracker.tick(12.9) == []
+    actions = tracker.tick(13.0)
+    assert [a["action"] for a in actions] == ["rename", "hook"]
+    assert tracker.tick(30.0) == []  # once
+    folder2, ended = tracker.place("S2", "A", "", 31.0, WALL + 21)
+    assert folder2 != folder and ended == []  # the same study UID again is a new study (DCMTK)
+
+
+def test_without_sorting_only_reception_hooks() -> None:
+    tracker = StudyTracker(settings(sort=None, rename=False, on_end_of_study=False))
+    assert tracker.place("S", "A", "", 1.0, WALL) == ("", [])
+    actions = tracker.stored("S", None, "", "CT.1", "CT", values("S"), 1.0)
+    assert actions == [{"action": "hook", "event": RECEPTION,
+                        "values": {**values("S"), "path": "/out", "file": "CT.1"}}]
+
+
+def test_study_uid_is_required_when_sorting() -> None:
+    with pytest.raises(UnsafeName, match="absent or empty"):
+        StudyTracker(settings()).place("S", "", "", 1.0, WALL)
+
+
+def test_studies_starting_in_the_same_millisecond_get_distinct_folders() -> None:
+    tracker = StudyTracker(settings())
+    a, _ = tracker.place("X", "A", "", 1.0, WALL)
+    b, _ = tracker.place("Y", "B", "", 1.0, WALL)
+    assert a != b
+
+
+def test_su_folder_is_reused_when_the_study_comes_back() -> None:
+    feed = Feed(StudyTracker(settings(sort="studyuid")))
+    a = feed.store("S", "1.2.3")
+    feed.store("S", "1.2.4")
+    assert feed.store("S", "1.2.3") == a == "PFX_1.2.3"
+
+
+# ---- carrying out -------------------------------------------------------------------------
+
+def test_rename_study_numbers_in_reception_order_and_never_overwrites(tmp_path: Path) -> None:
+    for name in ("CT.1", "MR.2", "CT.3", "CT000001"):
+        (tmp_path / name).write_text(name)
+    done = rename_study(tmp_path, [{"file": "CT.1", "prefix": "CT"}, {"file": "MR.2", "prefix": "MR"},
+                                   {"file": "CT.3", "prefix": "CT"}, {"file": "gone", "prefix": "CT"}],
+                        fsync=True)
+    # CT000001 existed (an earlier visit of the study to this -su folder): DCMTK would replace it.
+    assert done == [("CT.1", "CT000002"), ("MR.2", "MR000003"), ("CT.3", "CT000004")]
+    assert (tmp_path / "CT000001").read_text() == "CT000001"
+    assert (tmp_path / "MR000003").read_text() == "MR.2"
+
+
+def config(**kw: object) -> Config:
+    return Config({**defaults(), **kw})
+
+
+def test_hook_request_substitutes_inside_arguments() -> None:
+    cfg = config(exec_on_reception="/bin/echo --file=#p/#f #a", exec_on_eostudy="/bin/echo #p #f")
+    vals = {"path": "/out/PFX_1", "file": "CT.1", "calling_ae": 'x";touch PWNED;"', "called_ae": "C",
+            "peer": "localhost"}
+    request = hook_request(cfg, {"action": "hook", "event": RECEPTION, "values": vals})
+    assert request is not None
+    assert request.argv == ["/bin/echo", "--file=/out/PFX_1/CT.1", 'x";touch PWNED;"']
+    assert request.env["STORESCPD_CALLING_AE"] == 'x";touch PWNED;"'
+    assert request.env["STORESCPD_EVENT"] == RECEPTION
+    end = hook_request(cfg, {"action": "hook", "event": END_OF_STUDY, "values": vals})
+    assert end is not None and end.argv == ["/bin/echo", "/out/PFX_1", "#f"]  # #f stays, as in DCMTK
+    assert "STORESCPD_FILE" not in end.env
