@@ -406,7 +406,10 @@ class Steps:
             details = self.diagnostics()
         except Exception as diag_error:  # diagnostics must not hide the failure
             details = f"(no diagnostics: {diag_error})"
-        pytest.fail(f"step '{name}' failed: {failure}\n{details}", pytrace=False)
+        try:
+            pytest.fail(f"step '{name}' failed: {failure}\n{details}", pytrace=False)
+        except pytest.fail.Exception as failed:
+            raise failed from None  # the message says it all; no "during handling" chain
 
     def skipped(self, name: str, reason: str) -> None:
         self.write(f"[e2e] {name}: SKIPPED ({reason})")
