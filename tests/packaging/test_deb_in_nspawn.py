@@ -587,6 +587,11 @@ def drive(container: Container, deb: Path, steps: Steps, tmp_path: Path) -> None
                     body = container.in_network(["curl", "-sS", "-m", "10", f"http://127.0.0.1:{API_PORT}/{probe}"])
                     raise StepFailed(f"GET /{probe}: HTTP {answer.stdout or answer.stderr} {body.stdout[:500]}")
                 steps.log(f"GET /{probe}: 200")
+            if container.sh("storescpd ctl --help", check=False).returncode == 0:
+                status = container.sh("storescpd ctl status", check=False)
+                if status.returncode != 0:
+                    raise StepFailed(f"`storescpd ctl status` exited {status.returncode}:\n{status.stdout}{status.stderr}")
+                steps.log("storescpd ctl status: " + " | ".join(status.stdout.strip().splitlines()[:3]))
     else:
         steps.skipped(metrics_step, "the installed storescpd does not support --api yet")
 
