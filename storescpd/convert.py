@@ -121,7 +121,7 @@ def convert(source: Path, offset: int, received: str, dest: BinaryIO, encoding: 
 
 
 def meta_bytes(meta: FileMetaDataset) -> bytes:
-    """Preamble, 'DICM' and the file meta group, as receive.write_meta writes them."""
+    """Preamble, 'DICM' and the file meta group, as filemeta.file_meta_bytes writes them."""
     buf = BytesIO()
     buf.write(b"\x00" * 128 + b"DICM")
     write_file_meta_info(buf, meta, enforce_standard=True)  # type: ignore[arg-type]

@@ -14,7 +14,7 @@ from pydicom.dataset import FileMetaDataset
 from . import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from .config import Config
 from .convert import Encoding, convert, encoding_for
-from .receive import file_meta_bytes
+from .filemeta import file_meta_bytes
 from .studies import process_client as process_study_client
 from .storage import (
     Identifiers,

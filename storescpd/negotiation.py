@@ -120,7 +120,3 @@ def extended_negotiation(config: Any) -> dict[str, bytes]:
     """SOP class extended negotiation answers of the ``-xf`` profile (none without one)."""
     return load_profile(*config.config_file).extended if config.config_file else {}
 
-
-def answer_extended_negotiation(event: Any, answers: dict[str, bytes]) -> dict[str, bytes]:
-    """EVT_SOP_EXTENDED: answer, for each proposed SOP class the profile lists, the profile's data."""
-    return {uid: answers[str(uid)] for uid in event.app_info if str(uid) in answers}

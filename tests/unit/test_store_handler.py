@@ -123,7 +123,7 @@ def test_hand_encoded_file_meta_equals_pydicoms() -> None:
     from pydicom.filewriter import write_file_meta_info
 
     from storescpd import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
-    from storescpd.receive import file_meta_bytes
+    from storescpd.filemeta import file_meta_bytes
 
     for ae in ("STORESCU", "ODD", ""):
         meta = FileMetaDataset()
