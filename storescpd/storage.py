@@ -23,23 +23,32 @@ from .sop_classes import file_prefix
 LOG = logging.getLogger("storescpd.storage")
 
 STAGING_DIR_NAME = ".storescpd-staging"
-_SAFE_UID = re.compile(r"^[0-9A-Za-z][0-9A-Za-z._-]{0,63}$")
+# What a peer's SOP Instance UID may not bring into a file name: the path separator (DCMTK's
+# Debian patch for CVE-2022-2119 replaces it by '_'), NUL and control characters.
+_UNSAFE_IN_NAME = re.compile(r"[/\x00-\x1f\x7f]")
+MAX_UID_IN_NAME = 200  # file names are limited to 255 bytes
 
 
 class UnsafeName(ValueError):
-    """A peer-supplied value that would escape the output directory or is not a UID."""
+    """A peer-supplied value that cannot become a name inside the output directory."""
 
 
 def safe_uid_component(uid: str) -> str:
-    """A UID fit to be part of a file name, or UnsafeName.
+    """The UID as DCMTK puts it in a file name: '/' (and control characters) become '_'.
 
-    A DICOM UID is digits and dots; we also tolerate letters, '-' and '_' (seen from
-    broken modalities) but never a path separator, NUL, '..' or a leading dot.
+    The result is always one ordinary file-name component once the prefix ("CT.") is in
+    front of it; an empty or absurdly long UID raises UnsafeName.
     """
     uid = uid.rstrip("\0 ")
-    if not _SAFE_UID.match(uid) or ".." in uid:
-        raise UnsafeName(f"SOP Instance UID {uid!r} is not a valid UID and cannot name a file")
-    return uid
+    if not uid:
+        raise UnsafeName("the C-STORE request has no SOP Instance UID to name the file")
+    if len(uid.encode("utf-8", "replace")) > MAX_UID_IN_NAME:
+        raise UnsafeName(f"SOP Instance UID of {len(uid)} characters is too long to name a file")
+    sanitized = _UNSAFE_IN_NAME.sub("_", uid)
+    if sanitized != uid:
+        LOG.warning('Sanitized unusual characters in SOP Instance UID, converted from "%s" to "%s".',
+                    uid.encode("unicode_escape").decode(), sanitized)
+    return sanitized
 
 
 class StagingFile:

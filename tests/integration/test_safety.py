@@ -61,16 +61,29 @@ def all_files(root: Path) -> list[Path]:
     return sorted(p for p in root.rglob("*") if p.is_file())
 
 
-@pytest.mark.parametrize("uid", ["../../escaped", "1.2/../../escaped", "..", "/tmp/x", "1.2.3\x00/x"])
-def test_path_traversal_in_sop_instance_uid_is_refused(daemon_factory, tmp_path: Path, uid: str) -> None:
+@pytest.mark.parametrize("uid,name", [
+    ("../../escaped", ".._.._escaped"), ("1.2/../../escaped", "1.2_.._.._escaped"), ("..", ".."),
+    ("/tmp/x", "_tmp_x"),
+])
+def test_path_traversal_in_sop_instance_uid_is_sanitised(daemon_factory, tmp_path: Path, uid: str, name: str) -> None:
+    """CVE-2022-2119: the UID names a file; '/' becomes '_' as in Debian's DCMTK, inside -od."""
     root = tmp_path / "root"
     out = root / "a" / "b" / "out"
     out.mkdir(parents=True)
     d = daemon_factory(output=out)
     status = send_raw(d.port, crafted_file(tmp_path / "evil.dcm", uid, uid))
-    assert status == STATUS_CANNOT_UNDERSTAND
-    assert all_files(root) == []
-    assert "is not a valid UID and cannot name a file" in d.log()
+    assert status == STATUS_SUCCESS
+    assert [p.relative_to(root) for p in all_files(root) if ".storescpd-staging" not in p.parts] == [
+        Path("a/b/out") / f"CT.{name}"]
+    if "/" in uid:
+        assert "Sanitized unusual characters in SOP Instance UID" in d.log()
+
+
+def test_empty_sop_instance_uid_is_refused(daemon_factory, tmp_path: Path) -> None:
+    d = daemon_factory()
+    assert send_raw(d.port, crafted_file(tmp_path / "empty.dcm", "", "")) in (STATUS_CANNOT_UNDERSTAND,
+                                                                            STATUS_DATASET_DOES_NOT_MATCH)
+    assert d.stored_files() == []
 
 
 def test_command_and_dataset_uids_differ(daemon_factory, tmp_path: Path) -> None:

@@ -229,9 +229,10 @@ def test_hostile_uids_never_leave_the_output_directory(uid: str, daemon_factory,
         instance_status = pynetdicom_send(daemon.port, "SCU", dataset)
     finally:
         pydicom_config.settings.writing_validation_mode = mode
-    assert instance_status == 0xC000  # not a file name
+    assert instance_status == 0x0000  # stored, with '/' made '_' as DCMTK does
     stored = [p for p in tmp_path.rglob("*") if p.is_file() and p.name.startswith("CT.")]
     assert all(daemon.output in p.parents for p in stored)
+    assert any(p.name == "CT." + uid.replace("/", "_") for p in stored)
     if uid in (".", ".."):
         assert study_status == 0xC000  # DCMTK 3.6.7 stores a ".." study above -od with success
     else:

@@ -105,8 +105,17 @@ def test_ignore_stores_nothing(tmp_path: Path) -> None:
     assert published(tmp_path) == []
 
 
-@pytest.mark.parametrize("uid", ["../x", "a/b", "..", ".hidden", "", "x" * 65, "1.2\x00/3"])
-def test_unsafe_uids_cannot_name_a_file(uid: str) -> None:
+@pytest.mark.parametrize("uid,name", [
+    ("../x", ".._x"), ("a/b", "a_b"), ("..", ".."), ("1.2\x00/3", "1.2__3"), ("1.2.3 ", "1.2.3"),
+    ("1.2;x", "1.2;x"),
+])
+def test_uids_are_sanitised_like_dcmtk(uid: str, name: str) -> None:
+    assert safe_uid_component(uid) == name
+    assert Naming().name("1.2.840.10008.5.1.4.1.1.2", uid) == f"CT.{name}"
+
+
+@pytest.mark.parametrize("uid", ["", "\0", "9" * 201])
+def test_uids_that_cannot_name_a_file(uid: str) -> None:
     with pytest.raises(UnsafeName):
         safe_uid_component(uid)
 
