@@ -24,5 +24,8 @@ test: setup
 test-fast: setup
 	$(VENV)/bin/python -m pytest -q -p no:cacheprovider -m "not packaging" tests
 
+deb:
+	packaging/build-deb
+
 clean:
 	rm -rf $(VENV) build *.egg-info

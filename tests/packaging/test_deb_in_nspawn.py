@@ -366,6 +366,22 @@ def api_supported(container: Container) -> bool:
     return bool(match) and "not supported yet" not in match.group(0)
 
 
+def wait_active(container: "Container") -> None:
+    wait_for(lambda: container.show("storescpd", "ActiveState")["ActiveState"] == "active", 20,
+             "storescpd to be active (not reloading)")
+
+
+def reload_and_wait(container: "Container") -> None:
+    """systemctl reload returns once SIGHUP is sent; the daemon then says RELOADING=1 ... READY=1
+    (with the new workers started): wait for that, so what follows runs on the new configuration."""
+    before = container.sh("journalctl --no-pager -o cat -u storescpd.service", check=False).stdout.count(
+        "configuration reloaded")
+    container.sh("systemctl reload storescpd", timeout=120)
+    wait_for(lambda: container.sh("journalctl --no-pager -o cat -u storescpd.service", check=False).stdout.count(
+        "configuration reloaded") > before, 20, "storescpd to log 'configuration reloaded'")
+    wait_active(container)
+
+
 def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -601,7 +617,7 @@ def drive(container: Container, deb: Path, steps: Steps, tmp_path: Path) -> None
         container.sh(f"install -d -o storescpd -g storescpd -m 0750 {RELOADED}")
         new_config = re.sub(r'(?m)^output_directory\s*=.*$', f'output_directory = "{RELOADED}"', original_config)
         container.path(CONFIG).write_text(new_config)
-        container.sh("systemctl reload storescpd", timeout=120)
+        reload_and_wait(container)
         props = container.show("storescpd", "ActiveState", "MainPID")
         if props["ActiveState"] != "active" or props["MainPID"] != main_pid:
             raise StepFailed(f"after reload: {props} (expected active, MainPID {main_pid})")
@@ -626,6 +642,7 @@ def drive(container: Container, deb: Path, steps: Steps, tmp_path: Path) -> None
         before = complaints()
         container.sh("systemctl kill -s HUP --kill-who=main storescpd")
         wait_for(lambda: complaints() > before, 15, "storescpd to log why it refused the new configuration")
+        wait_active(container)
         props = container.show("storescpd", "ActiveState", "MainPID")
         if props["ActiveState"] != "active" or props["MainPID"] != main_pid:
             raise StepFailed(f"after a broken reload: {props} (expected active, MainPID {main_pid})")
@@ -633,12 +650,12 @@ def drive(container: Container, deb: Path, steps: Steps, tmp_path: Path) -> None
         send(container, sorted((tmp_path / "study3").iterdir()))
         steps.log("still running the old config: " + check_stored(container, RELOADED, sent))
         container.path(CONFIG).write_text(original_config)
-        container.sh("systemctl reload storescpd", timeout=120)
+        reload_and_wait(container)
 
     with steps.step("systemctl stop during an association: it is drained, not cut"):
         # storescp's --sleep-after stretches the association (2 objects x 2 s) across the stop.
         container.path(CONFIG).write_text(original_config + "\nsleep_after = 2\n")
-        container.sh("systemctl reload storescpd", timeout=120)
+        reload_and_wait(container)
         sent = make_study(tmp_path / "study-drain", 2, "drain")
         files = sorted((tmp_path / "study-drain").iterdir())
         client = subprocess.Popen(
