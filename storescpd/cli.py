@@ -198,7 +198,7 @@ def load_config(argv: Sequence[str]) -> tuple[Config, dict[str, Any]]:
     file_values = load_toml(control["_config"]) if control.get("_config") else {}
     if cli_values.get("tls_list_ciphers"):
         control["_list_ciphers"] = True  # +cc: list and exit, needs no port (as in DCMTK)
-    if control.get("_help") or control.get("_version") or control.get("_arguments") or control.get("_list_ciphers"):
+    if control.get("_help") or control.get("_version") or control.get("_list_ciphers"):
         return Config({}), control
     unsupported = unsupported_in_use({**file_values, **cli_values})
     if unsupported:
@@ -212,6 +212,11 @@ def load_config(argv: Sequence[str]) -> tuple[Config, dict[str, Any]]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv:  # as DCMTK's storescp: no arguments at all prints the help
+        argv = ["--help"]
+    from .logs import setup_logging
+
+    setup_logging("warn")  # until the configuration names its level: warnings while reading it
     if argv[:1] == ["ctl"]:  # the client of a running daemon's API, not a storescp option
         from .ctl import main as ctl_main
 
@@ -235,18 +240,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         sys.stdout.write(list_ciphers())
         return EXIT_OK
-    if control.get("_arguments"):
+    if control.get("_arguments"):  # as DCMTK: print the expanded arguments, then go on running
         expanded = control["_expanded"]
-        sys.stderr.write(f"expanded command line to {len(expanded)} arguments:\n")
-        sys.stderr.write("".join(f"{a}\n" for a in expanded))
-        return EXIT_OK
+        quoted = "".join(f"'{a}' " for a in expanded)
+        sys.stderr.write(f"I: calling '{PROG}' with {len(expanded)} arguments: {quoted}\nI: \n")
     if control.get("_check_config"):
         sys.stdout.write(f"configuration OK{' (' + config.source_file + ')' if config.source_file else ''}\n")
         return EXIT_OK
     if control.get("_print_config"):
         sys.stdout.write(to_toml(config))
         return EXIT_OK
-    from .logs import setup_logging
     from .run import run
 
     setup_logging(config.log_level)

@@ -386,9 +386,9 @@ SETTINGS: tuple[Setting, ...] = (
                       subgroup="pseudo random generator:"),),
     ),
     Setting(
-        "tls_write_seed", None, "write back the seed file (accepted, no effect)", G_TLS,
+        "tls_write_seed", None, "file to write the seed back to, same-as-seed for +ws (accepted, no effect)", G_TLS,
         flags=(
-            _flag("+ws", "--write-seed", "write back modified seed (only with --seed)", const=True,
+            _flag("+ws", "--write-seed", "write back modified seed (only with --seed)", const="same-as-seed",
                   subgroup="pseudo random generator:"),
             _value("+wf", "--write-seed-file", "[f]ilename: string (only with --seed)",
                    "write modified seed to file f", subgroup="pseudo random generator:"),

@@ -122,12 +122,19 @@ def test_command_line_overrides_file(tmp_path: Path) -> None:
     assert config.aetitle == "FROMCLI" and config.workers == 7
 
 
-def test_arguments_prints_the_expansion(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_arguments_prints_the_expansion_and_goes_on(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     f = tmp_path / "a.txt"
     f.write_text("+xa -v")
-    assert cli.main(["--arguments", f"@{f}", "104"]) == 0
-    err = capsys.readouterr().err
-    assert "expanded command line to 4 arguments" in err and "+xa\n-v\n" in err
+    # --check-config stops the run after the arguments were printed, as a port would keep it running
+    assert cli.main(["--arguments", f"@{f}", "-od", str(tmp_path), "--check-config", "104"]) == 0
+    captured = capsys.readouterr()
+    assert "I: calling 'storescpd' with 7 arguments: '--arguments' '+xa' '-v' '-od'" in captured.err
+    assert "configuration OK" in captured.out
+
+
+def test_no_arguments_prints_help(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main([]) == 0
+    assert "usage: storescpd [options] [port]" in capsys.readouterr().out
 
 
 def test_documented_config_file_is_generated_from_the_table() -> None:
