@@ -180,7 +180,7 @@ class Association:
     """One association on a connected socket, served to its end in the calling thread."""
 
     def __init__(self, sock: socket.socket, config: Config, ctx: StoreContext,
-                 on_requested: Callable[[A_ASSOCIATE], tuple[int, int, int, str] | None],
+                 on_requested: Callable[[A_ASSOCIATE], tuple[int, int, int, str, str] | None],
                  acceptor_contexts: list[tuple[str, list[str], bool | None, bool | None]],
                  extended: dict[str, bytes]) -> None:
         self.sock = sock
@@ -257,7 +257,7 @@ class Association:
         self.requestor_primitive = primitive
         rejection = self.on_requested(primitive)
         if rejection is not None:
-            result, source, diagnostic, _text = rejection
+            result, source, diagnostic = rejection[:3]
             self._reject(primitive, result, source, diagnostic)
             self.outcome = "rejected"
             return False
@@ -425,21 +425,21 @@ class Association:
 
 
 def serve(sock: socket.socket, config: Config, ctx: StoreContext, emit: Callable[[str, dict[str, Any]], None],
-          rejection: Callable[[A_ASSOCIATE], tuple[int, int, int, str] | None],
+          rejection: Callable[[A_ASSOCIATE], tuple[int, int, int, str, str] | None],
           on_association: Callable[[Any], None] | None) -> dict[str, Any]:
     """Serve one association with the engine; returns its summary (as scp.serve_association does)."""
     from .negotiation import acceptor_contexts, extended_negotiation
 
     summary: dict[str, Any] = {"peer": ctx.peer, "outcome": "aborted"}
 
-    def on_requested(primitive: A_ASSOCIATE) -> tuple[int, int, int, str] | None:
+    def on_requested(primitive: A_ASSOCIATE) -> tuple[int, int, int, str, str] | None:
         ctx.calling_ae = str(primitive.calling_ae_title or "").strip()
         ctx.called_ae = str(primitive.called_ae_title or "").strip()
         emit("association_requested", {"calling_ae": ctx.calling_ae, "called_ae": ctx.called_ae, "peer": ctx.peer})
         reason = rejection(primitive)
         if reason is not None:
             LOG.warning("rejecting association from %s (%s): %s", ctx.calling_ae, ctx.peer, reason[3])
-            summary["reject_reason"] = reason[3]
+            summary["reject_reason"], summary["reject_code"] = reason[3], reason[4]
         return reason
 
     assoc = Association(sock, config, ctx, on_requested, acceptor_contexts(config), extended_negotiation(config))

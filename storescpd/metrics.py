@@ -122,7 +122,8 @@ class Metrics:
         outcome = _one_of(data.get("outcome"), OUTCOMES, "aborted")
         self.associations.labels(outcome).inc()
         if outcome == "rejected":
-            self.rejected.labels(reject_reason(data.get("reject_reason", ""))).inc()
+            code = data.get("reject_code")
+            self.rejected.labels(code if code in REJECT_REASONS else reject_reason(data.get("reject_reason", ""))).inc()
         self._count_bytes(child, data.get("bytes"))
         if child is not None:
             self._bytes_seen.pop(child.pid, None)

@@ -69,15 +69,16 @@ def _tls_handshake(sock: socket.socket, config: Config,
         return sock, {"peer": peer, "outcome": "tls_failed", "tls_failure": failed.reason}
 
 
-def _rejection(config: Config, requestor: Any, admit: Any) -> tuple[int, int, int, str] | None:
+def _rejection(config: Config, requestor: Any, admit: Any) -> tuple[int, int, int, str, str] | None:
+    """(result, source, reason, sentence for the log, code for the metrics), or None to go on."""
     if config.refuse:
-        return (*REJECT_REFUSED, "refusing association (--refuse)")
+        return (*REJECT_REFUSED, "refusing association (--refuse)", "refused")
     if config.reject_without_implementation_uid and not requestor.implementation_class_uid:
-        return (*REJECT_NO_IMPLEMENTATION_UID, "no implementation class UID (--reject)")
+        return (*REJECT_NO_IMPLEMENTATION_UID, "no implementation class UID (--reject)", "no_implementation_uid")
     if admit is not None:
         reason = admit(requestor)
         if reason:
-            return (*REJECT_LOCAL_LIMIT, reason)
+            return (*REJECT_LOCAL_LIMIT, reason, "local_limit")
     return None
 
 
