@@ -300,3 +300,33 @@ def test_max_associations_rejects_transient_local_limit(daemon_factory, tmp_path
     finally:
         assert running.wait(60) == 0
     assert echoscu(d.port).returncode == 0  # the limit frees up when the transfer ends
+
+
+def test_max_requests_recycles_a_pool_worker(daemon_factory) -> None:
+    d = daemon_factory("--workers", "1", "--max-requests", "2", "-v")
+    for _ in range(3):
+        assert storescu(d.port, [TEST_FILES / "CT_small.dcm"]).returncode == 0
+    d.stop()
+    pids = worker_pids_in_log(d.log())
+    assert len(pids) == 3
+    assert pids[0] == pids[1] != pids[2]
+
+
+def test_watchdog_pings_when_systemd_asks(daemon_factory) -> None:
+    d = daemon_factory(env={"WATCHDOG_USEC": "1000000"})
+    messages = d.notify.wait_for("WATCHDOG=1", timeout=5)
+    assert any("WATCHDOG=1" in m for m in messages)
+
+
+def test_sigint_is_a_quick_stop(daemon_factory, tmp_path: Path) -> None:
+    slow = make_object(tmp_path / "slow.dcm", 0, columns=8)
+    d = daemon_factory("--workers", "2", "-pdu", "4096", "--sleep-during", "2")
+    running = subprocess.Popen([str(DCMTK / "storescu"), "127.0.0.1", str(d.port), str(slow)], env=PEER_ENV,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    time.sleep(1.0)
+    started = time.monotonic()
+    assert d.stop(signal.SIGINT, timeout=30) == 0
+    assert time.monotonic() - started < 5  # does not wait for the transfer (about 8 s more)
+    assert running.wait(30) != 0
+    assert d.stored_files() == []
+    assert list((d.output / ".storescpd-staging").glob("*.part")) == []
