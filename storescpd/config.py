@@ -840,17 +840,26 @@ def _set_by_value_flag(s: Setting, f: Flag, v: Any) -> bool:
 
 def to_toml(config: Config) -> str:
     """The effective configuration as a TOML document (``--print-config``)."""
-    lines = ["# storescpd effective configuration"]
+    return _toml_document(["# storescpd effective configuration"], config.values, commented=False)
+
+
+def _toml_document(header: list[str], values: dict[str, Any], commented: bool) -> str:
+    """Every file setting grouped like the manual, with its help; `commented` comments each key out."""
+    lines = list(header)
     group = None
     for s in SETTINGS:
         if not s.in_file:
             continue
         if s.group != group:
             group = s.group
-            lines.append(f"\n# --- {group} ---")
-        value = config.values.get(s.name)
-        lines.append(f"# {s.help}")
-        lines.append(f"{s.name} = {_toml_value(value)}" if value is not None else f"# {s.name} =  (unset)")
+            lines.append(f"\n# ---- {group} ----")
+        flags = ", ".join(sp for f in s.flags for sp in f.spellings)
+        lines.append(f"\n# {s.help}" + (f"  [{flags}]" if flags else ""))
+        if s.choices:
+            lines.append(f"# one of: {', '.join(map(str, s.choices))}")
+        value = values.get(s.name)
+        key = f"{s.name} = {_toml_value(value)}" if value is not None else f"# {s.name} = (unset)"
+        lines.append(f"# {key}" if commented and value is not None else key)
     return "\n".join(lines) + "\n"
 
 
@@ -865,30 +874,14 @@ def _toml_value(value: Any) -> str:
     return f'"{escaped}"'
 
 
-def resolve_output_directory(config: Config) -> Path:
-    return Path(config.output_directory).resolve()
-
-
 def documented_defaults() -> str:
     """etc/storescpd.toml: every key, commented out at its default, with its help and flags."""
-    lines = [
+    header = [
         "# storescpd configuration. Every key is shown at its default, commented out.",
         "# Keys are the settings of `storescpd -h`; the command line overrides this file.",
         "# Regenerate with: python -m storescpd.config > etc/storescpd.toml",
     ]
-    group = None
-    for s in SETTINGS:
-        if not s.in_file:
-            continue
-        if s.group != group:
-            group = s.group
-            lines.append(f"\n# ---- {group} ----")
-        flags = ", ".join(sp for f in s.flags for sp in f.spellings)
-        lines.append(f"\n# {s.help}" + (f"  [{flags}]" if flags else ""))
-        if s.choices:
-            lines.append(f"# one of: {', '.join(map(str, s.choices))}")
-        lines.append(f"# {s.name} = {_toml_value(s.default)}" if s.default is not None else f"# {s.name} = (unset)")
-    return "\n".join(lines) + "\n"
+    return _toml_document(header, defaults(), commented=True)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -150,6 +150,17 @@ def daemon_factory(tmp_path: Path) -> Iterator:
         d.stop(signal.SIGKILL)
 
 
+def stop_process(proc: subprocess.Popen, timeout: float = 15.0) -> None:
+    """SIGTERM, then SIGKILL if it does not end in time; always reaped."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
 def storescu(port: int, files: Sequence[Path | str], *args: str, timeout: float = 120.0,
              host: str = "127.0.0.1") -> subprocess.CompletedProcess[str]:
     return subprocess.run([str(DCMTK / "storescu"), *args, host, str(port), *map(str, files)],

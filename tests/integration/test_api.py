@@ -19,7 +19,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import (DCMTK, PEER_ENV, ROOT, STORESCPD, TEST_FILES, Daemon, echoscu, free_port,
-                            require_dcmtk, storescu)
+                            require_dcmtk, stop_process, storescu)
 from tests.integration.test_daemon import children_of, make_object
 
 TOKEN = "0123456789abcdef0123456789abcdef"
@@ -324,11 +324,7 @@ def test_socket_activation_with_an_api_socket(tmp_path: Path) -> None:
         assert storescu(dicom_port, [TEST_FILES / "CT_small.dcm"]).returncode == 0
         assert sample(api.metrics(), "storescpd_objects_stored_total", status="success") == 1
     finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_process(proc)
 
 
 def test_openapi_json_is_the_apps_schema() -> None:

@@ -19,7 +19,7 @@ import pytest
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
-from tests.conftest import DCMTK, PEER_ENV, STORESCPD, TEST_FILES, Daemon, echoscu, require_dcmtk, storescu
+from tests.conftest import DCMTK, PEER_ENV, STORESCPD, TEST_FILES, Daemon, echoscu, require_dcmtk, stop_process, storescu
 
 
 def setup_module() -> None:
@@ -278,12 +278,7 @@ def test_socket_activation(tmp_path: Path, extra: list[str], args: list[str]) ->
             assert result.returncode == 0, result.stderr + (tmp_path / "sa.log").read_text()
         assert sorted(p.name.split(".")[0] for p in out.iterdir() if p.is_file()) == ["CT", "MR"]
     finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        stop_process(proc)
 
 
 def test_max_associations_rejects_transient_local_limit(daemon_factory, tmp_path: Path) -> None:

@@ -15,7 +15,7 @@ import pytest
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification
 
-from tests.conftest import DCMTK, PEER_ENV, TEST_FILES, echoscu, free_port, require_dcmtk, storescu
+from tests.conftest import DCMTK, PEER_ENV, TEST_FILES, echoscu, free_port, require_dcmtk, stop_process, storescu
 from tests.unit.test_tls import Pki, make_pki
 
 FILES = [TEST_FILES / n for n in ("CT_small.dcm", "MR_small.dcm", "rtplan.dcm")]
@@ -205,12 +205,7 @@ def dcmtk_tls_storescp(tmp_path: Path, pki: Pki) -> Iterator:
             time.sleep(0.1)
         yield port, out
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        stop_process(proc, 10)
         log.close()
 
 
