@@ -55,7 +55,7 @@ REASON_NOT_SPECIFIED = 0x00
 REASON_UNEXPECTED_PDU = 0x02
 REASON_INVALID_PARAMETER = 0x06
 
-MAX_ACCEPTED_PDU = 1 << 28  # a peer PDU larger than this is an abort, not an allocation
+MAX_ASSOCIATE_PDU = 1 << 20  # an A-ASSOCIATE-RQ larger than this is an abort, not an allocation
 _HEADER = struct.Struct(">BxL")
 _PDV_HEADER = struct.Struct(">LBB")
 _ELEMENT = struct.Struct("<HHL")
@@ -219,8 +219,12 @@ class Association:
     def read_pdu(self) -> tuple[int, memoryview]:
         header = self._recv_exact(6)
         pdu_type, length = _HEADER.unpack(header)
-        if length > MAX_ACCEPTED_PDU:
-            raise ProtocolError(f"PDU of {length} bytes announced", REASON_INVALID_PARAMETER)
+        # Bounded before anything is allocated: the A-ASSOCIATE-RQ by a generous constant, P-DATA
+        # by the maximum length we announced (PS3.8 9.3.1; twice that, for lenient senders).
+        limit = 2 * self.config.max_pdu if self.established else MAX_ASSOCIATE_PDU
+        if length > limit:
+            raise ProtocolError(f"PDU of {length} bytes announced, more than the {limit} accepted",
+                                REASON_INVALID_PARAMETER)
         return pdu_type, self._recv_exact(length)
 
     def send(self, data: bytes) -> None:

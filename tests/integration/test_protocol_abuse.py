@@ -1,0 +1,130 @@
+"""A peer that breaks the protocol gets an A-ABORT (or a closed socket), never a crashed daemon."""
+
+from __future__ import annotations
+
+import socket
+import struct
+import time
+
+import pytest
+
+from tests.conftest import echoscu, require_dcmtk
+
+CT = b"1.2.840.10008.5.1.4.1.1.2"
+EXPLICIT_LE = b"1.2.840.10008.1.2.1"
+
+
+def setup_module() -> None:
+    require_dcmtk()
+
+
+def item(item_type: int, payload: bytes) -> bytes:
+    return struct.pack(">BBH", item_type, 0, len(payload)) + payload
+
+
+def pdu(pdu_type: int, payload: bytes) -> bytes:
+    return struct.pack(">BBI", pdu_type, 0, len(payload)) + payload
+
+
+def associate_rq() -> bytes:
+    context = item(0x20, bytes([1, 0, 0, 0]) + item(0x30, CT) + item(0x40, EXPLICIT_LE))
+    user = item(0x50, struct.pack(">BBHI", 0x51, 0, 4, 16384) + item(0x52, b"1.2.3.4"))
+    body = (struct.pack(">HH", 1, 0) + b"STORESCP".ljust(16) + b"ABUSER".ljust(16) + bytes(32)
+            + item(0x10, b"1.2.840.10008.3.1.1.1") + context + user)
+    return pdu(0x01, body)
+
+
+def element(number: int, value: bytes) -> bytes:
+    if len(value) % 2:
+        value += b"\0"
+    return struct.pack("<HHI", 0, number, len(value)) + value
+
+
+def store_command(instance: bytes = b"1.2.3.4.5") -> bytes:
+    body = (element(0x0002, CT) + element(0x0100, struct.pack("<H", 0x0001)) + element(0x0110, struct.pack("<H", 1))
+            + element(0x0700, struct.pack("<H", 0)) + element(0x0800, struct.pack("<H", 0x0000))
+            + element(0x1000, instance))
+    return element(0x0000, struct.pack("<I", len(body))) + body
+
+
+def p_data(context_id: int, header: int, data: bytes) -> bytes:
+    return pdu(0x04, struct.pack(">IBB", len(data) + 2, context_id, header) + data)
+
+
+def read_pdu(sock: socket.socket) -> tuple[int, bytes]:
+    head = b""
+    while len(head) < 6:
+        chunk = sock.recv(6 - len(head))
+        if not chunk:
+            return -1, b""
+        head += chunk
+    pdu_type, length = struct.unpack(">BxI", head)
+    body = b""
+    while len(body) < length:
+        chunk = sock.recv(length - len(body))
+        if not chunk:
+            break
+        body += chunk
+    return pdu_type, body
+
+
+# name: (what the peer sends, what it must get back: 0x07 = A-ABORT, -1 = the connection closed)
+ABUSES = {
+    "garbage instead of A-ASSOCIATE-RQ": ([b"GET / HTTP/1.1\r\nHost: x\r\n\r\n" + bytes(64)], 0x07),
+    "P-DATA before association": ([p_data(1, 0x03, store_command())], 0x07),
+    "200 MiB A-ASSOCIATE-RQ announced": ([struct.pack(">BBI", 0x01, 0, 200 << 20) + b"\0" * 20], 0x07),
+    "unknown PDU type": (["ASSOC", pdu(0x42, b"\0" * 10)], 0x07),
+    "PDV item longer than its PDU": (["ASSOC", pdu(0x04, struct.pack(">IBB", 5000, 1, 0x03) + b"xx")], 0x07),
+    "message on a context never accepted": (["ASSOC", p_data(7, 0x03, store_command())], 0x07),
+    "command set without command field": (["ASSOC", p_data(1, 0x03, element(0x0002, CT))], 0x07),
+    "data set without a command": (["ASSOC", p_data(1, 0x02, b"\x08\x00\x18\x00UI\x02\x001\x00")], 0x07),
+    "malformed command element lengths": (["ASSOC", p_data(1, 0x03, struct.pack("<HHI", 0, 0x100, 0xFFFFFF) + b"x")],
+                                          0x07),
+    "4 GiB PDU announced": (["ASSOC", struct.pack(">BBI", 0x04, 0, 0xFFFFFFF0) + b"\0" * 20], 0x07),
+    "P-DATA far over the negotiated maximum": (["ASSOC", struct.pack(">BBI", 0x04, 0, 200 << 20) + b"\0" * 20],
+                                               0x07),
+    "truncated A-ASSOCIATE-RQ, then silence": ([associate_rq()[:40]], -1),
+    "connection dropped mid data set": (["ASSOC", p_data(1, 0x03, store_command()),
+                                         p_data(1, 0x00, b"\x08\x00" * 50), "CLOSE"], None),
+}
+
+
+@pytest.mark.parametrize("name", list(ABUSES))
+def test_protocol_abuse_never_crashes_the_daemon(daemon_factory, name: str) -> None:
+    d = daemon_factory("--workers", "2", "-ta", "3")
+    steps, expected = ABUSES[name]
+    sock = socket.create_connection(("127.0.0.1", d.port), timeout=10)
+    answers = []
+    try:
+        for step in steps:
+            if step == "ASSOC":
+                sock.sendall(associate_rq())
+                kind, _ = read_pdu(sock)
+                assert kind == 0x02, "the association should be accepted first"
+            elif step == "CLOSE":
+                sock.close()
+                break
+            else:
+                sock.sendall(step)
+        else:
+            sock.settimeout(10)
+            try:
+                answers.append(read_pdu(sock)[0])
+            except (ConnectionResetError, socket.timeout):
+                answers.append(-1)
+    finally:
+        sock.close()
+    if expected is not None:
+        assert answers == [expected], f"{name}: expected {expected}, got {answers}"
+    # the daemon and its pool are fine: a real peer still gets through, and no partial file is left
+    deadline = time.monotonic() + 10
+    while echoscu(d.port).returncode != 0:
+        assert time.monotonic() < deadline, f"daemon unusable after: {name}\n{d.log()}"
+        time.sleep(0.2)
+    assert d.proc is not None and d.proc.poll() is None
+    assert d.stored_files() == []
+    deadline = time.monotonic() + 5
+    while list((d.output / ".storescpd-staging").glob("*.part")) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert list((d.output / ".storescpd-staging").glob("*.part")) == []
+    assert "Traceback" not in d.log()
