@@ -55,6 +55,7 @@ REASON_NOT_SPECIFIED = 0x00
 REASON_UNEXPECTED_PDU = 0x02
 REASON_INVALID_PARAMETER = 0x06
 
+READ_AHEAD = 256 << 10  # bytes asked of each recv_into beyond the PDU being read
 MAX_ASSOCIATE_PDU = 1 << 20  # an A-ASSOCIATE-RQ larger than this is an abort, not an allocation
 _HEADER = struct.Struct(">BxL")
 _PDV_HEADER = struct.Struct(">LBB")
@@ -193,28 +194,45 @@ class Association:
         self.peer_max_pdu = 0
         self.outcome = "aborted"
         self.established = False
-        self._buffer = bytearray(max(65536, config.max_pdu + 6))
+        self._buffer = bytearray(2 * config.max_pdu + READ_AHEAD)
+        self._view = memoryview(self._buffer)
+        self._pos = self._end = 0
         self._send_lock = threading.Lock()
         self._aborted_locally = False
         self.requestor_primitive: A_ASSOCIATE | None = None
 
     # ---- socket I/O ---------------------------------------------------------
     def _recv_exact(self, n: int) -> memoryview:
-        if n > len(self._buffer):
-            self._buffer = bytearray(n)
-        view = memoryview(self._buffer)[:n]
-        got = 0
-        while got < n:
+        """The next n bytes, read ahead in large chunks (fewer system calls than PDUs).
+
+        The view stays valid until the next call: callers consume a PDU before reading the next.
+        """
+        if self._end - self._pos < n:
+            self._refill(n)
+        start = self._pos
+        self._pos += n
+        return self._view[start:start + n]
+
+    def _refill(self, n: int) -> None:
+        pending = self._end - self._pos
+        if n > len(self._buffer) - self._pos:
+            # Move what is unread to the front; a new buffer if even that is too small (a buffer
+            # with views handed out cannot be resized).
+            size = max(len(self._buffer), n + READ_AHEAD)
+            fresh = bytearray(size) if size > len(self._buffer) else self._buffer
+            fresh[:pending] = self._buffer[self._pos:self._end]
+            self._buffer, self._view = fresh, memoryview(fresh)
+            self._pos, self._end = 0, pending
+        while self._end - self._pos < n:
             try:
-                k = self.sock.recv_into(view[got:], n - got)
+                k = self.sock.recv_into(self._view[self._end:], len(self._buffer) - self._end)
             except socket.timeout:
                 raise PeerGone("timed out waiting for the peer") from None
             except OSError as exc:
                 raise PeerGone(f"connection error: {exc}") from None
             if k == 0:
                 raise PeerGone("connection closed by the peer")
-            got += k
-        return view
+            self._end += k
 
     def read_pdu(self) -> tuple[int, memoryview]:
         header = self._recv_exact(6)
