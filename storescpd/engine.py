@@ -177,6 +177,14 @@ def _presentation_contexts(config: Config, accepted: list[tuple[str, list[str], 
     return ours
 
 
+def prepare(config: Config) -> None:
+    """Build the per-configuration negotiation tables now, so that forked children inherit them
+    instead of each spending milliseconds on it (the supervisor calls this; it speaks no DICOM)."""
+    from .negotiation import acceptor_contexts
+
+    _presentation_contexts(config, acceptor_contexts(config))
+
+
 class Association:
     """One association on a connected socket, served to its end in the calling thread."""
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from . import ipc
+from . import engine, ipc
 from .config import Config, ConfigError
 from .storage import STAGING_DIR_NAME
 from .systemd import notify, reloading, watchdog_interval
@@ -115,6 +115,7 @@ class Supervisor:
                 sock.setblocking(False)
                 self.selector.register(sock, selectors.EVENT_READ, ("listener", role))
         self.selector.register(self._wakeup_r, selectors.EVENT_READ, ("wakeup", None))
+        engine.prepare(self.config)
         self.manage_workers()
         addresses = ", ".join(f"{role} {s.getsockname()}" for role, socks in self.listeners.items() for s in socks)
         LOG.info("listening on %s (%s mode)", addresses, self.mode)
@@ -550,6 +551,7 @@ class Supervisor:
             LOG.warning("reload: %s cannot change without a restart; keeping the running value(s)", ", ".join(fixed))
             new = new.replace(**{name: self.config.values[name] for name in fixed})
         self.config = new
+        engine.prepare(new)
         self.generation += 1
         self.config_loaded = time.time()
         for child in self.children.values():
