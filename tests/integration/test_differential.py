@@ -37,6 +37,9 @@ BATCH = ["CT_small.dcm", "MR_small.dcm", "rtplan.dcm", "rtstruct.dcm", "rtdose.d
 SMALL = ["CT_small.dcm", "rtplan.dcm", "test-SR.dcm", "@crafted"]
 # For the raw sender: files whose meta agrees with their data set (rtplan.dcm's does not).
 RAW = ["CT_small.dcm", "MR_small.dcm", "test-SR.dcm", "@crafted"]
+# Compressed transfer syntaxes, each file with its own SOP Instance UID, sent as they are (raw).
+COMPRESSED = ["JPEG2000.dcm", "MR_small_RLE.dcm", "JPEG-lossy.dcm", "JPEGLSNearLossless_08.dcm",
+              "SC_rgb_jpeg_dcmtk.dcm", "examples_jpeg2k.dcm", "SC_rgb_jpeg_gdcm.dcm"]
 # Same SOP Instance UID as MR_small: each goes in its own batch.
 MR_VARIANTS = [["MR_small_implicit.dcm"], ["MR_small_bigendian.dcm"]]
 ALL = [BATCH, *MR_VARIANTS]
@@ -78,6 +81,11 @@ CASES = [
     Case("padding", ("+p", "8", "4"), [SMALL], compare="dataset"),  # DCMTK pads to its own meta length
     Case("profile-default", ("-xf", CFG, "Default"), [BATCH]),
     Case("raw-bit-preserving", ("+B",), [RAW], sender="raw"),
+    Case("accept-all-compressed", ("+xa",), [COMPRESSED], compare="dataset", sender="raw"),
+    Case("accept-all-compressed-bit-preserving", ("+xa", "+B"), [COMPRESSED], sender="raw"),
+    # storescu re-deflates (pynetdicom's raw sender would put an odd-length stream on the wire, which
+    # DCMTK refuses with "Odd Fragment Length" and storescpd accepts).
+    Case("accept-all-deflated", ("+xa",), [["image_dfl.dcm"]], compare="dataset", sender_args=("-xd",)),
     # DCMTK's normal mode makes undefined lengths explicit and fixes group lengths; storescpd
     # keeps the received bytes unless an output option asks for re-encoding (docs/options.md).
     Case("raw-default", (), [RAW], compare="dataset", sender="raw"),
