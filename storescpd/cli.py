@@ -134,22 +134,25 @@ def _convert_value(setting: Setting, raw: Any) -> Any:
     return raw
 
 
+HELP_COLUMN = 33  # DCMTK's: descriptions start in this column
+
+
 def help_text() -> str:
+    """The options grouped and laid out as DCMTK's ``storescp -h`` prints them."""
     lines = [
         f"{PROG}: DICOM storage (C-STORE) SCP daemon, a drop-in for DCMTK's storescp",
         f"usage: {PROG} [options] [port]",
         "",
         "parameters:",
-        "  port      tcp/ip port number to listen on",
-        "            (this parameter is required unless the --inetd option is specified)",
+        f"  {'port':<{HELP_COLUMN - 2}}tcp/ip port number to listen on",
         "",
         "general options:",
-        "  -h    --help                 print this help text and exit",
-        "        --version              print version information and exit",
-        "        --arguments            print expanded command line arguments",
-        "        --config  [f]ilename   read settings from TOML file f (command line overrides it)",
-        "        --check-config         validate the configuration, print the verdict and exit",
-        "        --print-config         print the effective configuration as TOML and exit",
+        *_help_row("  ", "-h", "--help", ["print this help text and exit"]),
+        *_help_row("  ", None, "--version", ["print version information and exit"]),
+        *_help_row("  ", None, "--arguments", ["print expanded command line arguments"]),
+        *_help_row("  ", None, "--config", ["[f]ilename: string", "read settings from TOML file f"]),
+        *_help_row("  ", None, "--check-config", ["validate the configuration, print the verdict and exit"]),
+        *_help_row("  ", None, "--print-config", ["print the effective configuration as TOML and exit"]),
     ]
     group = None
     subgroup = None
@@ -159,7 +162,7 @@ def help_text() -> str:
                 group = setting.group
                 subgroup = None
                 if group != "general options":
-                    lines.extend(["", f"{group}:"])
+                    lines.append(f"{group}:")
             if flag.subgroup and flag.subgroup != subgroup:
                 subgroup = flag.subgroup
                 lines.append(f"  {subgroup}")
@@ -168,14 +171,17 @@ def help_text() -> str:
 
 
 def _flag_help(flag: Flag) -> list[str]:
-    indent = "    " if flag.subgroup else "  "
-    head = f"{indent}{flag.short or '':<6}{flag.long or ''}"
-    if flag.metavar:
-        head += "  " + " ".join(flag.metavar)
-    text = flag.help.split("\n")
+    text = ([", ".join(flag.metavar)] if flag.metavar else []) + flag.help.split("\n")
     if flag.status == NOT_YET:
         text[-1] += "  [not supported yet]"
-    return [head] + [f"{indent}        {t}" for t in text]
+    return _help_row("    " if flag.subgroup else "  ", flag.short, flag.long, text)
+
+
+def _help_row(indent: str, short: str | None, long: str | None, text: list[str]) -> list[str]:
+    head = f"{indent}{short or '':<{8 - len(indent) + 2}}{long or ''}"
+    if len(head) >= HELP_COLUMN - 1:
+        return [head] + [" " * HELP_COLUMN + t for t in text]
+    return [f"{head:<{HELP_COLUMN}}{text[0]}"] + [" " * HELP_COLUMN + t for t in text[1:]]
 
 
 def version_text() -> str:

@@ -76,7 +76,7 @@ G_EVENT = "event options"
 G_DAEMON = "daemon options (storescpd)"
 
 # Transfer-syntax preference blocks of the manual, in manual order.
-PREFER = "preferred network transfer syntaxes (not with --config-file)"
+PREFER = "preferred network transfer syntaxes (not with --config-file):"
 PREFERENCES: tuple[tuple[str, str, str, str], ...] = (
     ("+x=", "--prefer-uncompr", "uncompressed", "prefer explicit VR local byte order (default)"),
     ("+xe", "--prefer-little", "little", "prefer explicit VR little endian TS"),
