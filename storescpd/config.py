@@ -189,9 +189,19 @@ SETTINGS: tuple[Setting, ...] = (
             _flag("-ac", "--access-full", "accept connections from any host (default)", const=False,
                   subgroup="network host access control (tcp wrapper):"),
             _flag("+ac", "--access-control", "enforce host access control rules", const=True,
-                  status=NOT_YET, subgroup="network host access control (tcp wrapper):"),
+                  subgroup="network host access control (tcp wrapper):"),
         ),
         type=bool,
+    ),
+    Setting(
+        "hosts_allow", "/etc/hosts.allow", "the allow rules that +ac applies (hosts_access(5) format)", G_NETWORK,
+        flags=(_value(None, "--hosts-allow", "[f]ilename: string", "rules granting access with +ac "
+                      "(default: /etc/hosts.allow)", subgroup="network host access control (tcp wrapper):"),),
+    ),
+    Setting(
+        "hosts_deny", "/etc/hosts.deny", "the deny rules that +ac applies (hosts_access(5) format)", G_NETWORK,
+        flags=(_value(None, "--hosts-deny", "[f]ilename: string", "rules denying access with +ac "
+                      "(default: /etc/hosts.deny)", subgroup="network host access control (tcp wrapper):"),),
     ),
     Setting(
         "inetd", False, "run from inetd super server: the association is on stdin", G_NETWORK,

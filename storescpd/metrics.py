@@ -25,7 +25,7 @@ OUTCOMES = ("released", "aborted", "rejected")
 STORE_STATUSES = ("success", "warning", "failure")
 RELOAD_RESULTS = ("success", "failure")
 # Why an association was rejected. The worker reports a sentence; it is mapped onto this set.
-REJECT_REASONS = ("refused", "no_implementation_uid", "local_limit", "other")
+REJECT_REASONS = ("refused", "no_implementation_uid", "local_limit", "access_denied", "other")
 _REJECT_PATTERNS = (("--refuse", "refused"), ("implementation class uid", "no_implementation_uid"),
                     ("max_associations", "local_limit"))
 # Seconds from C-STORE request to response: fsync dominates small objects, size large ones.

@@ -8,7 +8,7 @@ import socket
 from pathlib import Path
 from typing import Any
 
-from . import engine, tls
+from . import access, engine, tls
 from .config import Config
 from .handlers import EventSink, StoreContext, _no_events
 from .storage import prepare_staging_dir
@@ -31,6 +31,10 @@ def serve_association(sock: socket.socket, config: Config, emit: EventSink = _no
     engine.Association (whose ``abort()`` works from another thread).
     """
     _tune(sock)
+    if config.access_control:
+        denied = _access_denied(sock, config, emit)
+        if denied is not None:
+            return denied
     if tls.applies(config, role):
         sock, failed = _tls_handshake(sock, config, emit)
         if failed is not None:
@@ -51,6 +55,25 @@ def serve_association(sock: socket.socket, config: Config, emit: EventSink = _no
     summary.update(calling_ae=ctx.calling_ae, called_ae=ctx.called_ae, objects=ctx.objects,
                    failures=ctx.failures, bytes=ctx.bytes_received)
     _log_summary(summary)
+    emit("association_ended", summary)
+    return summary
+
+
+def _access_denied(sock: socket.socket, config: Config, emit: EventSink) -> dict[str, Any] | None:
+    """+ac: the TCP-wrapper rules decide before a byte of DICOM is read; denied peers are dropped."""
+    host, _port = _remote_tuple(sock)
+    try:
+        peer = access.client(host, lookup=not config.disable_host_lookup)
+        if access.allowed(peer, Path(config.hosts_allow), Path(config.hosts_deny)):
+            return None
+    except ValueError:  # not an IP address (a unix socket under inetd): rules cannot apply
+        return None
+    LOG.warning("access denied to %s%s by %s / %s (+ac)", host, f" ({peer.name})" if peer.name else "",
+                config.hosts_allow, config.hosts_deny)
+    text = _peer_text(sock)
+    sock.close()
+    summary = {"peer": text, "outcome": "rejected", "reject_code": "access_denied",
+               "reject_reason": "host access control", "objects": 0, "failures": 0, "bytes": 0, "duration": 0.0}
     emit("association_ended", summary)
     return summary
 

@@ -156,3 +156,17 @@ def test_big_object_memory_stays_flat(daemon_factory, tmp_path: Path) -> None:
     (stored,) = d.stored_files()
     assert stored.stat().st_size > 256 << 20
     big.unlink()
+
+
+def test_access_control_drops_a_denied_peer(daemon_factory, tmp_path: Path) -> None:
+    allow, deny = tmp_path / "hosts.allow", tmp_path / "hosts.deny"
+    allow.write_text("storescp: 10.0.0.0/8\n")
+    deny.write_text("ALL: ALL\n")
+    d = daemon_factory("+ac", "-dhl", "--hosts-allow", str(allow), "--hosts-deny", str(deny))
+    result = storescu(d.port, [TEST_FILES / "CT_small.dcm"])
+    assert result.returncode != 0
+    assert d.stored_files() == []
+    assert "access denied to 127.0.0.1" in d.log()
+    allow.write_text("storescp: 127.0.0.1\n")  # rules are read per connection, as libwrap does
+    ok = storescu(d.port, [TEST_FILES / "CT_small.dcm"])
+    assert ok.returncode == 0, ok.stderr
