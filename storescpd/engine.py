@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from pynetdicom.pdu import A_ASSOCIATE_AC, A_ASSOCIATE_RJ, A_ASSOCIATE_RQ
+from pynetdicom.pdu import A_ASSOCIATE_AC, A_ASSOCIATE_RQ
 from pynetdicom.pdu_primitives import (
     A_ASSOCIATE,
     ImplementationClassUIDNotification,
@@ -29,7 +29,7 @@ from pynetdicom.pdu_primitives import (
 )
 from pynetdicom.presentation import PresentationContext, negotiate_as_acceptor, negotiate_unrestricted
 
-from . import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+from . import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, acse
 from .config import Config
 from .handlers import StoreContext, handle_store
 
@@ -177,19 +177,36 @@ def _presentation_contexts(config: Config, accepted: list[tuple[str, list[str], 
     return ours
 
 
+_table_cache: dict[int, tuple[Config, dict[str, list[str]]]] = {}
+
+
+def _supported_table(config: Config, accepted: list[tuple[str, list[str], bool | None, bool | None]]
+                     ) -> dict[str, list[str]]:
+    """{abstract syntax: our transfer syntaxes, most preferred first}, once per configuration."""
+    cached = _table_cache.get(id(config))
+    if cached is not None and cached[0] is config:
+        return cached[1]
+    table = {uid: list(syntaxes) for uid, syntaxes, _scu, _scp in accepted}
+    _table_cache.clear()
+    _table_cache[id(config)] = (config, table)
+    return table
+
+
 def prepare(config: Config) -> None:
     """Build the per-configuration negotiation tables now, so that forked children inherit them
     instead of each spending milliseconds on it (the supervisor calls this; it speaks no DICOM)."""
     from .negotiation import acceptor_contexts
 
-    _presentation_contexts(config, acceptor_contexts(config))
+    accepted = acceptor_contexts(config)
+    _presentation_contexts(config, accepted)
+    _supported_table(config, accepted)
 
 
 class Association:
     """One association on a connected socket, served to its end in the calling thread."""
 
     def __init__(self, sock: socket.socket, config: Config, ctx: StoreContext,
-                 on_requested: Callable[[A_ASSOCIATE], tuple[int, int, int, str, str] | None],
+                 on_requested: Callable[[acse.AssociateRequest], tuple[int, int, int, str, str] | None],
                  acceptor_contexts: list[tuple[str, list[str], bool | None, bool | None]],
                  extended: dict[str, bytes]) -> None:
         self.sock = sock
@@ -207,7 +224,7 @@ class Association:
         self._pos = self._end = 0
         self._send_lock = threading.Lock()
         self._aborted_locally = False
-        self.requestor_primitive: A_ASSOCIATE | None = None
+        self.request: acse.AssociateRequest | None = None
 
     # ---- socket I/O ---------------------------------------------------------
     def _recv_exact(self, n: int) -> memoryview:
@@ -281,27 +298,39 @@ class Association:
         pdu_type, body = self.read_pdu()
         if pdu_type != PDU_ASSOCIATE_RQ:
             raise ProtocolError(f"expected A-ASSOCIATE-RQ, got PDU type 0x{pdu_type:02x}")
-        rq = A_ASSOCIATE_RQ()
-        rq.decode(bytes([PDU_ASSOCIATE_RQ, 0]) + struct.pack(">L", len(body)) + bytes(body))
-        primitive = rq.to_primitive()
-        self.requestor_primitive = primitive
-        rejection = self.on_requested(primitive)
+        try:
+            request = acse.parse_request(body)
+        except acse.MalformedRequest as exc:
+            raise ProtocolError(f"malformed A-ASSOCIATE-RQ: {exc}", REASON_INVALID_PARAMETER) from None
+        self.request = request
+        rejection = self.on_requested(request)
         if rejection is not None:
-            result, source, diagnostic = rejection[:3]
-            self._reject(primitive, result, source, diagnostic)
+            self.send(acse.encode_reject(*rejection[:3]))
             self.outcome = "rejected"
             return False
-        self._accept(primitive)
+        needs_library = (request.has_role_selection or request.has_extended_negotiation
+                         or self.config.promiscuous or self.config.config_file)
+        if needs_library:
+            rq = A_ASSOCIATE_RQ()
+            rq.decode(bytes([PDU_ASSOCIATE_RQ, 0]) + struct.pack(">L", len(body)) + bytes(body))
+            self._accept(rq.to_primitive())
+        else:
+            self._accept_directly(request)
         self.established = True
         self.outcome = "aborted"
         return True
 
-    def _reject(self, rq: A_ASSOCIATE, result: int, source: int, diagnostic: int) -> None:
-        rj = A_ASSOCIATE()
-        rj.result, rj.result_source, rj.diagnostic = result, source, diagnostic
-        pdu = A_ASSOCIATE_RJ()
-        pdu.from_primitive(rj)
-        self.send(pdu.encode())
+    def _accept_directly(self, request: acse.AssociateRequest) -> None:
+        results = acse.negotiate(request, _supported_table(self.config, self.acceptor_contexts))
+        self.contexts = {r.context_id: Context(r.context_id, r.abstract_syntax, r.transfer_syntax)
+                         for r in results if r.result == acse.RESULT_ACCEPTANCE}
+        self.peer_max_pdu = request.maximum_length_received
+        self.send(acse.encode_accept(request, results, self.config.max_pdu, IMPLEMENTATION_CLASS_UID,
+                                     IMPLEMENTATION_VERSION_NAME))
+        if self.config.verbose_pc:
+            for r in results:
+                LOG.info("  context %d %s: %s", r.context_id, r.abstract_syntax,
+                         f"accepted with {r.transfer_syntax}" if r.result == 0 else f"refused ({r.result})")
 
     def _accept(self, rq: A_ASSOCIATE) -> None:
         ours = _presentation_contexts(self.config, self.acceptor_contexts)
@@ -455,14 +484,14 @@ class Association:
 
 
 def serve(sock: socket.socket, config: Config, ctx: StoreContext, emit: Callable[[str, dict[str, Any]], None],
-          rejection: Callable[[A_ASSOCIATE], tuple[int, int, int, str, str] | None],
+          rejection: Callable[[acse.AssociateRequest], tuple[int, int, int, str, str] | None],
           on_association: Callable[[Any], None] | None) -> dict[str, Any]:
     """Serve one association with the engine; returns its summary (as scp.serve_association does)."""
     from .negotiation import acceptor_contexts, extended_negotiation
 
     summary: dict[str, Any] = {"peer": ctx.peer, "outcome": "aborted"}
 
-    def on_requested(primitive: A_ASSOCIATE) -> tuple[int, int, int, str, str] | None:
+    def on_requested(primitive: acse.AssociateRequest) -> tuple[int, int, int, str, str] | None:
         ctx.calling_ae = str(primitive.calling_ae_title or "").strip()
         ctx.called_ae = str(primitive.called_ae_title or "").strip()
         emit("association_requested", {"calling_ae": ctx.calling_ae, "called_ae": ctx.called_ae, "peer": ctx.peer})

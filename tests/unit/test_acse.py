@@ -1,0 +1,99 @@
+"""Our A-ASSOCIATE parsing/encoding against pynetdicom's PDU classes and negotiation."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+from pynetdicom.pdu import A_ASSOCIATE_AC, A_ASSOCIATE_RQ
+from pynetdicom.pdu_primitives import (
+    A_ASSOCIATE,
+    ImplementationClassUIDNotification,
+    ImplementationVersionNameNotification,
+    MaximumLengthNotification,
+)
+from pynetdicom.presentation import PresentationContext, negotiate_as_acceptor
+
+from storescpd import acse
+from storescpd.negotiation import contexts
+
+CT, MR, PRIVATE = "1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.5.1.4.1.1.4", "1.2.3.4.5.6"
+IMPLICIT, EXPLICIT, BIG, J2K = "1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2", "1.2.840.10008.1.2.4.91"
+PROPOSED = [(1, CT, [IMPLICIT, EXPLICIT]), (3, MR, [J2K]), (5, PRIVATE, [EXPLICIT]), (7, CT, [BIG, IMPLICIT]),
+            (9, "1.2.840.10008.1.1", [IMPLICIT])]
+
+
+def encoded_request() -> bytes:
+    primitive = A_ASSOCIATE()
+    primitive.application_context_name = "1.2.840.10008.3.1.1.1"
+    primitive.calling_ae_title = "MODALITY"
+    primitive.called_ae_title = "STORESCP"
+    primitive.presentation_context_definition_list = []
+    for cid, abstract, syntaxes in PROPOSED:
+        cx = PresentationContext()
+        cx.context_id, cx.abstract_syntax, cx.transfer_syntax = cid, abstract, syntaxes
+        primitive.presentation_context_definition_list.append(cx)
+    max_length = MaximumLengthNotification()
+    max_length.maximum_length_received = 32768
+    impl = ImplementationClassUIDNotification()
+    impl.implementation_class_uid = "1.2.276.0.7230010.3.0.3.6.7"
+    name = ImplementationVersionNameNotification()
+    name.implementation_version_name = "OFFIS_DCMTK_367"
+    primitive.user_information = [max_length, impl, name]
+    pdu = A_ASSOCIATE_RQ()
+    pdu.from_primitive(primitive)
+    return pdu.encode()
+
+
+def test_parse_request_reads_what_pynetdicom_wrote() -> None:
+    request = acse.parse_request(encoded_request()[6:])
+    assert (request.calling_ae_title, request.called_ae_title) == ("MODALITY", "STORESCP")
+    assert [(c.context_id, c.abstract_syntax, c.transfer_syntaxes) for c in request.contexts] == PROPOSED
+    assert request.maximum_length_received == 32768
+    assert request.implementation_class_uid == "1.2.276.0.7230010.3.0.3.6.7"
+    assert request.implementation_version_name == "OFFIS_DCMTK_367"
+    assert not request.has_role_selection and not request.has_extended_negotiation
+
+
+@pytest.mark.parametrize("preference", ["uncompressed", "big", "implicit", "all"])
+def test_negotiation_equals_pynetdicoms(preference: str) -> None:
+    table = dict(contexts(preference))
+    request = acse.parse_request(encoded_request()[6:])
+    ours = [(r.context_id, r.result, r.transfer_syntax if r.result == 0 else None)
+            for r in acse.negotiate(request, table)]
+    rq = A_ASSOCIATE_RQ()
+    rq.decode(encoded_request())
+    supported = []
+    for uid, syntaxes in table.items():
+        cx = PresentationContext()
+        cx.abstract_syntax, cx.transfer_syntax = uid, syntaxes
+        supported.append(cx)
+    theirs, _roles = negotiate_as_acceptor(rq.to_primitive().presentation_context_definition_list, supported)
+    assert ours == [(cx.context_id, cx.result, cx.transfer_syntax[0] if cx.result == 0 else None) for cx in theirs]
+
+
+def test_accept_decodes_with_pynetdicom() -> None:
+    request = acse.parse_request(encoded_request()[6:])
+    results = acse.negotiate(request, dict(contexts("uncompressed")))
+    data = acse.encode_accept(request, results, 16384, "2.25.1", "STORESCPD_010")
+    ac = A_ASSOCIATE_AC()
+    ac.decode(data)
+    primitive = ac.to_primitive()
+    assert primitive.result == 0 and primitive.maximum_length_received == 16384
+    assert primitive.implementation_class_uid == "2.25.1"
+    got = {cx.context_id: (cx.result, cx.transfer_syntax[0]) for cx in primitive.presentation_context_definition_results_list}
+    assert got[1] == (0, EXPLICIT) and got[5][0] == 3 and got[3][0] == 4 and got[7] == (0, BIG)
+
+
+def test_reject_bytes() -> None:
+    assert acse.encode_reject(1, 1, 1) == bytes([3, 0, 0, 0, 0, 4, 0, 1, 1, 1])
+
+
+@pytest.mark.parametrize("body", [
+    b"\x00" * 10,
+    b"\x00" * 68 + struct.pack(">BxH", 0x20, 200) + b"\x01",          # item longer than the PDU
+    b"\x00" * 68 + struct.pack(">BxH", 0x20, 2) + b"\x01\x00",        # context item without its fields
+])
+def test_malformed_requests_are_refused(body: bytes) -> None:
+    with pytest.raises(acse.MalformedRequest):
+        acse.parse_request(body)
