@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import ssl
 import struct
 import threading
 import time
@@ -224,6 +225,7 @@ class Association:
         self._pos = self._end = 0
         self._send_lock = threading.Lock()
         self._aborted_locally = False
+        self._owner = threading.get_ident()  # the thread that reads and writes the association
         self.request: acse.AssociateRequest | None = None
 
     # ---- socket I/O ---------------------------------------------------------
@@ -284,11 +286,16 @@ class Association:
             pass
 
     def abort(self) -> None:
-        """Abort from another thread (the control API): A-ABORT, then unblock the reader."""
+        """Abort from another thread (the control API): A-ABORT, then unblock the reader.
+
+        An SSL connection cannot be written by one thread while another reads it (OpenSSL's
+        objects are not thread-safe): there the TCP connection is just shut down.
+        """
         self._aborted_locally = True
-        self.send_abort(ABORT_SERVICE_USER, REASON_NOT_SPECIFIED)
+        if not isinstance(self.sock, ssl.SSLSocket) or threading.get_ident() == self._owner:
+            self.send_abort(ABORT_SERVICE_USER, REASON_NOT_SPECIFIED)
         try:
-            self.sock.shutdown(socket.SHUT_RDWR)
+            socket.socket.shutdown(self.sock, socket.SHUT_RDWR)
         except OSError:
             pass
 
