@@ -76,7 +76,7 @@ class StoreContext:
         self.current = None
         if self.config.ignore:
             return None
-        staged = StagingFile(self.staging_dir)
+        staged = StagingFile(self.staging_dir, early_writeback=self.config.fsync)
         try:
             if self.config.write_file_format:
                 meta = file_meta_bytes(_clean_uid(command.AffectedSOPClassUID),

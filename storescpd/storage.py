@@ -27,6 +27,7 @@ STAGING_DIR_NAME = ".storescpd-staging"
 # Debian patch for CVE-2022-2119 replaces it by '_'), NUL and control characters.
 _UNSAFE_IN_NAME = re.compile(r"[/\x00-\x1f\x7f]")
 MAX_UID_IN_NAME = 200  # file names are limited to 255 bytes
+EARLY_WRITEBACK = 8 << 20  # bytes between writeback starts while a big object arrives
 
 
 class UnsafeName(ValueError):
@@ -54,19 +55,16 @@ def safe_uid_component(uid: str) -> str:
 class StagingFile:
     """A file being received; becomes visible only through ``publish``."""
 
-    def __init__(self, staging_dir: Path) -> None:
+    def __init__(self, staging_dir: Path, early_writeback: bool = False) -> None:
         fd, name = _mkstemp(staging_dir)
         self.path = Path(name)
         self.file = os.fdopen(fd, "wb", buffering=1 << 20)
         self.dataset_offset = 0
         self.closed = False
         self.error: OSError | None = None
-
-    @property
-    def name(self) -> str:
-        # pynetdicom closes and unlinks ``name`` after the C-STORE handler: a no-op once
-        # published, the clean-up of an abandoned staging file otherwise.
-        return str(self.path)
+        # With fsync on, start writing big objects back while they still arrive, so that the
+        # final fsync finds little left to do (and the page cache does not fill with them).
+        self._writeback_from = 0 if early_writeback else None
 
     def write(self, data: bytes | memoryview) -> None:
         """Append received bytes; a write error (disk full) is kept for ``finish`` to raise, and
@@ -75,16 +73,18 @@ class StagingFile:
             return
         try:
             self.file.write(data)
+            if self._writeback_from is not None and self.file.tell() - self._writeback_from >= EARLY_WRITEBACK:
+                self._start_writeback()
         except OSError as exc:
             self.error = exc
 
-    def close(self) -> None:
-        if not self.closed:
-            self.closed = True
-            try:
-                self.file.close()
-            except OSError:
-                pass  # only reached for a file being abandoned: its content no longer matters
+    def _start_writeback(self) -> None:
+        self.file.flush()
+        end = self.file.tell()
+        # DONTNEED starts asynchronous writeback of the dirty range (and drops what is clean).
+        os.posix_fadvise(self.file.fileno(), self._writeback_from, end - self._writeback_from,
+                         os.POSIX_FADV_DONTNEED)
+        self._writeback_from = end
 
     def finish(self, fsync: bool) -> None:
         """Flush (and fsync) the content; raises OSError on any write failure."""
