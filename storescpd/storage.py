@@ -10,8 +10,10 @@ import errno
 import logging
 import os
 import re
+import struct
 import threading
 import time
+from collections.abc import MutableSequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -230,17 +232,87 @@ _LAST_TAG_NEEDED = 0x0020000D
 _DEFLATED_PEEK = 4 << 20
 
 
+_WANTED = {0x00080005: "specific_character_set", 0x00080016: "sop_class_uid", 0x00080018: "sop_instance_uid",
+           0x00100010: "patient_name", 0x0020000D: "study_instance_uid"}
+_LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
+_SCAN_WINDOW = 1 << 20
+_IMPLICIT_LE = "1.2.840.10008.1.2"
+_EXPLICIT_BE = "1.2.840.10008.1.2.2"
+
+
+def _scan_identifiers(data: bytes, implicit: bool, little: bool, complete: bool) -> Identifiers | None:
+    """The identifying elements read straight from the bytes, or None when the simple walk cannot
+    be trusted (an undefined length, or the window ends first): the caller then asks pydicom."""
+    head = struct.Struct("<HHL" if little else ">HHL")
+    short = struct.Struct("<HH2sH" if little else ">HH2sH")
+    long_length = struct.Struct("<L" if little else ">L")
+    found: dict[str, bytes] = {}
+    pos, end = 0, len(data)
+    while pos + 8 <= end:
+        if implicit:
+            group, element, length = head.unpack_from(data, pos)
+            header = 8
+        else:
+            group, element, vr, length = short.unpack_from(data, pos)
+            header = 8
+            if not (vr.isalpha() and vr.isupper()):
+                return None  # not explicit VR after all (pydicom can guess; we do not)
+            if vr in _LONG_VRS:
+                if pos + 12 > end:
+                    return None
+                length = long_length.unpack_from(data, pos + 8)[0]
+                header = 12
+        tag = group << 16 | element
+        if tag > _LAST_TAG_NEEDED:
+            break
+        if length == 0xFFFFFFFF or pos + header + length > end:
+            return None
+        if tag in _WANTED:
+            found[_WANTED[tag]] = data[pos + header:pos + header + length]
+        pos += header + length
+    else:
+        if not complete:
+            return None
+
+    def text(key: str) -> str | None:
+        raw = found.get(key)
+        if raw is None:
+            return None
+        value = raw.decode("ascii", "replace").rstrip("\0 ")
+        if not value:
+            return None
+        return value.split("\\")[0].strip("\0 ") if "\\" in value else value.lstrip()
+
+    return Identifiers(
+        sop_class_uid=text("sop_class_uid"), sop_instance_uid=text("sop_instance_uid"),
+        study_instance_uid=text("study_instance_uid"), patient_name=found.get("patient_name") or None,
+        specific_character_set=text("specific_character_set"),
+    )
+
+
 def read_identifiers(path: Path, offset: int, transfer_syntax: str) -> Identifiers:
     """Parse the top-level elements up to Study Instance UID; raises ValueError if unreadable."""
+    with open(path, "rb") as fh:
+        fh.seek(offset)
+        if transfer_syntax != _DEFLATED:
+            window = fh.read(_SCAN_WINDOW)
+            quick = _scan_identifiers(window, transfer_syntax == _IMPLICIT_LE, transfer_syntax != _EXPLICIT_BE,
+                                      complete=len(window) < _SCAN_WINDOW)
+            if quick is not None:
+                return quick
+    return _identifiers_by_pydicom(path, offset, transfer_syntax)
+
+
+def _identifiers_by_pydicom(path: Path, offset: int, transfer_syntax: str) -> Identifiers:
     import zlib
     from io import BytesIO
 
     from pydicom.filereader import read_dataset
     from pydicom.uid import UID
 
-    ts = UID(transfer_syntax)
     with open(path, "rb") as fh:
         fh.seek(offset)
+        ts = UID(transfer_syntax)
         stream = fh
         if ts == _DEFLATED:
             inflater = zlib.decompressobj(-zlib.MAX_WBITS)
@@ -263,7 +335,9 @@ def read_identifiers(path: Path, offset: int, transfer_syntax: str) -> Identifie
             raise ValueError(f"{keyword} cannot be decoded: {exc}") from exc
         if value in (None, ""):
             return None
-        return str(value[0] if isinstance(value, list) else value).rstrip("\0 ")
+        if not isinstance(value, str) and isinstance(value, MutableSequence):  # pydicom's MultiValue
+            value = value[0]
+        return str(value).rstrip("\0 ")
 
     raw_name = ds.get_item(0x00100010)
     return Identifiers(

@@ -148,3 +148,31 @@ def test_hand_encoded_file_meta_equals_pydicoms() -> None:
         expected.write(b"\x00" * 128 + b"DICM")
         write_file_meta_info(expected, meta, enforce_standard=True)
         assert file_meta_bytes("1.2.840.10008.5.1.4.1.1.2", "1.2.3.45", "1.2.840.10008.1.2.1", ae) == expected.getvalue()
+
+
+def _dataset_files() -> list[Path]:
+    files = []
+    for path in sorted(TEST_FILES.glob("*.dcm")):
+        try:
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
+            if "TransferSyntaxUID" in ds.file_meta and "SOPClassUID" in ds:
+                files.append(path)
+        except Exception:
+            continue
+    return files
+
+
+@pytest.mark.parametrize("source", _dataset_files(), ids=lambda p: p.name)
+def test_quick_identifier_scan_agrees_with_pydicom(source: Path) -> None:
+    from storescpd.storage import _identifiers_by_pydicom, read_identifiers
+
+    data = source.read_bytes()
+    ds = pydicom.dcmread(source, stop_before_pixels=True)
+    ts = str(ds.file_meta.TransferSyntaxUID)
+    offset = data.index(b"DICM") + 4 + 12 + int(ds.file_meta.FileMetaInformationGroupLength) \
+        if data[128:132] == b"DICM" else 0
+    try:
+        expected = _identifiers_by_pydicom(source, offset, ts)
+    except ValueError:
+        pytest.skip("pydicom cannot read this file's data set either")
+    assert read_identifiers(source, offset, ts) == expected
