@@ -656,6 +656,12 @@ class Config:
     source_file: str | None = None
     explicit: frozenset[str] = field(default_factory=frozenset)
 
+    def __post_init__(self) -> None:
+        # Settings become plain attributes: the receive path reads some per PDU.
+        for name, value in self.values.items():
+            if name not in ("values", "source_file", "explicit"):
+                self.__dict__[name] = value
+
     def __getattr__(self, name: str) -> Any:
         try:
             return self.__dict__["values"][name]

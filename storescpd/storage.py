@@ -67,6 +67,7 @@ class StagingFile:
         # With fsync on, start writing big objects back while they still arrive, so that the
         # final fsync finds little left to do (and the page cache does not fill with them).
         self._writeback_from = 0 if early_writeback else None
+        self._written = 0
 
     def write(self, data: bytes | memoryview) -> None:
         """Append received bytes; a write error (disk full) is kept for ``finish`` to raise, and
@@ -74,15 +75,15 @@ class StagingFile:
         if self.error is not None:
             return
         try:
-            self.file.write(data)
-            if self._writeback_from is not None and self.file.tell() - self._writeback_from >= EARLY_WRITEBACK:
+            self._written += self.file.write(data)
+            if self._writeback_from is not None and self._written - self._writeback_from >= EARLY_WRITEBACK:
                 self._start_writeback()
         except OSError as exc:
             self.error = exc
 
     def _start_writeback(self) -> None:
         self.file.flush()
-        end = self.file.tell()
+        end = self._written
         # DONTNEED starts asynchronous writeback of the dirty range (and drops what is clean).
         os.posix_fadvise(self.file.fileno(), self._writeback_from, end - self._writeback_from,
                          os.POSIX_FADV_DONTNEED)
