@@ -288,7 +288,8 @@ class HookRunner:
             return None
         return self._start(request)
 
-    def _start(self, request: HookRequest) -> int | None:
+    def _spawn(self, request: HookRequest) -> RunningHook | None:
+        """Start the hook; None (and the reason logged) when it cannot be executed."""
         try:
             pid, output = spawn(request)
         except OSError as exc:
@@ -296,7 +297,14 @@ class HookRunner:
                       exc.strerror or exc)
             return None
         now = self.clock()
-        self.running[pid] = RunningHook(pid, request.label, now, now + self.timeout, output)
+        return RunningHook(pid, request.label, now, now + self.timeout, output)
+
+    def _start(self, request: HookRequest) -> int | None:
+        hook = self._spawn(request)
+        if hook is None:
+            return None
+        pid = hook.pid
+        self.running[pid] = hook
         LOG.info("executing %s (pid %d): %s", request.label, pid, shlex.join(request.argv))
         return pid
 
@@ -337,14 +345,10 @@ class HookRunner:
 
     def run_sync(self, request: HookRequest) -> int | None:
         """Run to completion (bounded by the timeout); returns the exit code (None: not started)."""
-        try:
-            pid, output = spawn(request)
-        except OSError as exc:
-            LOG.error("cannot execute %s command %r: %s", request.label, request.argv[0],
-                      exc.strerror or exc)
+        hook = self._spawn(request)
+        if hook is None:
             return None
-        now = self.clock()
-        hook = RunningHook(pid, request.label, now, now + self.timeout, output)
+        pid = hook.pid
         LOG.info("executing %s synchronously (pid %d): %s", request.label, pid, shlex.join(request.argv))
         try:
             code = self._wait(hook)
