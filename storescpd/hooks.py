@@ -353,7 +353,7 @@ class HookRunner:
         try:
             code = self._wait(hook)
         finally:
-            os.close(output)
+            os.close(hook.output)
         _log_exit(hook, code, self.clock())
         return code
 
