@@ -16,3 +16,10 @@ def test_every_flag_has_a_status() -> None:
     for marker in ("`+te` `--write-xfer-little`", "`-xf` `--config-file`", "`+B` `--bit-preserving`"):
         line = next(line for line in text.splitlines() if line.startswith(f"| {marker}"))
         assert line.endswith("| supported |"), line
+
+
+def test_committed_conformance_statement_is_generated() -> None:
+    from storescpd.conformance import render as conformance
+
+    committed = (ROOT / "docs" / "conformance.md").read_text()
+    assert committed == conformance(), "docs/conformance.md is stale: run .venv/bin/python -m storescpd.conformance > docs/conformance.md"
