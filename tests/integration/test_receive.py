@@ -126,3 +126,49 @@ def test_ignore_receives_but_stores_nothing(daemon_factory) -> None:
     result = storescu(d.port, [TEST_FILES / "CT_small.dcm"])
     assert result.returncode == 0, result.stderr
     assert d.stored_files() == []
+
+
+def _store_with(port: int, ds: pydicom.Dataset, ts: str = ExplicitVRLittleEndian,
+                roles: bool = False) -> tuple[bool, int | None]:
+    ae = AE(ae_title="EDGE")
+    ae.add_requested_context(ds.SOPClassUID, ts)
+    extended = []
+    if roles:
+        from pynetdicom.sop_class import CTImageStorage as CT
+        from pynetdicom import build_role
+
+        extended = [build_role(CT, scu_role=True, scp_role=False)]
+    assoc = ae.associate("127.0.0.1", port, ext_neg=extended or None)
+    if not assoc.is_established:
+        return False, None
+    try:
+        accepted = bool(assoc.accepted_contexts)
+        status = assoc.send_c_store(ds).Status if accepted else None
+    finally:
+        assoc.release()
+    return accepted, status
+
+
+def _private_object() -> pydicom.Dataset:
+    ds = pydicom.dcmread(TEST_FILES / "CT_small.dcm")
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.826.0.1.3680043.9.9999.1"
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    return ds
+
+
+def test_promiscuous_mode_accepts_an_unknown_sop_class(daemon_factory) -> None:
+    plain = daemon_factory()
+    assert _store_with(plain.port, _private_object()) == (False, None)  # context refused
+    assert plain.stored_files() == []
+    d = daemon_factory("-pm")
+    accepted, status = _store_with(d.port, _private_object())
+    assert (accepted, status) == (True, 0)
+    assert [p.name for p in d.stored_files()] == [f"UNKNOWN.{_private_object().SOPInstanceUID}"]
+
+
+def test_role_selection_from_the_peer_is_answered(daemon_factory) -> None:
+    d = daemon_factory()
+    ds = pydicom.dcmread(TEST_FILES / "CT_small.dcm")
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    assert _store_with(d.port, ds, roles=True) == (True, 0)
+    assert len(d.stored_files()) == 1
