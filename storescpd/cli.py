@@ -258,7 +258,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_OK
     from .run import run
 
-    setup_logging(config.log_level)
+    setup_logging(config.log_level, config.log_config)
     return run(config, argv)
 
 

@@ -150,8 +150,8 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting(
         "log_config", None, "logger configuration file (DCMTK oflog format)", G_GENERAL,
-        flags=(_value("-lc", "--log-config", "[f]ilename: string", "use config file f for the logger",
-                      status=NOT_YET),),
+        flags=(_value("-lc", "--log-config", "[f]ilename: string", "use config file f for the logger"),),
+        reloadable=False,
     ),
     Setting(
         "verbose_pc", False, "show presentation contexts in verbose mode", G_GENERAL,
@@ -799,6 +799,10 @@ def _check_combinations(v: dict[str, Any], given: frozenset[str] = frozenset()) 
     if v.get("inetd") and v.get("process_mode") == "fork":
         problems.append("--inetd cannot be combined with --fork")
     problems.extend(_output_conflicts(v, given))
+    if v.get("log_config"):
+        from .logconfig import check  # DCMTK's log4cplus format, as /etc/dcmtk/logger.cfg
+
+        problems.extend(check(v["log_config"]))
     if v.get("config_file") and not problems:
         from .asconfig import load_profile  # the profile is part of the configuration: reload checks it
 

@@ -23,13 +23,22 @@ class _DcmtkFormatter(logging.Formatter):
         return super().format(record)
 
 
-def setup_logging(level: str) -> None:
+def setup_logging(level: str, log_config: str | None = None) -> None:
+    """stderr in DCMTK's style; with -lc, the handlers and level of DCMTK's logger configuration."""
     root = logging.getLogger()
     for handler in list(root.handlers):
         root.removeHandler(handler)
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_DcmtkFormatter("%(letter)s: %(message)s"))
-    root.addHandler(handler)
-    root.setLevel(LEVELS[level])
+    if log_config:
+        from .logconfig import load, root_level
+
+        for handler in load(log_config):
+            root.addHandler(handler)
+        numeric = root_level(log_config)
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(_DcmtkFormatter("%(letter)s: %(message)s"))
+        root.addHandler(handler)
+        numeric = LEVELS[level]
+    root.setLevel(numeric)
     # pynetdicom is chatty at info; its details belong to debug, as DCMTK's network layer's do.
-    logging.getLogger("pynetdicom").setLevel(LEVELS[level] if LEVELS[level] <= logging.DEBUG else logging.WARNING)
+    logging.getLogger("pynetdicom").setLevel(numeric if numeric <= logging.DEBUG else logging.WARNING)

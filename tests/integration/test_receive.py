@@ -172,3 +172,19 @@ def test_role_selection_from_the_peer_is_answered(daemon_factory) -> None:
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     assert _store_with(d.port, ds, roles=True) == (True, 0)
     assert len(d.stored_files()) == 1
+
+
+def test_log_config_writes_dcmtk_style_log_file(daemon_factory, tmp_path: Path) -> None:
+    log = tmp_path / "receiver.log"
+    cfg = tmp_path / "logger.cfg"
+    cfg.write_text("log4cplus.rootLogger = INFO, logfile\n"
+                   "log4cplus.appender.logfile = log4cplus::FileAppender\n"
+                   f"log4cplus.appender.logfile.File = {log}\n"
+                   "log4cplus.appender.logfile.layout = log4cplus::PatternLayout\n"
+                   "log4cplus.appender.logfile.layout.ConversionPattern = %5p: %m%n\n")
+    d = daemon_factory("-lc", str(cfg))
+    assert storescu(d.port, [TEST_FILES / "CT_small.dcm"]).returncode == 0
+    d.stop()
+    text = log.read_text()
+    assert " INFO: storing DICOM file: " in text
+    assert "storing DICOM file" not in d.log()  # stderr is not a destination in that file
