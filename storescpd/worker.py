@@ -75,6 +75,9 @@ class Worker:
             os._exit(WORKER_OK)
 
     def _abort_current(self, signum: int, frame: Any) -> None:
+        # SIGUSR1 from the supervisor names the association it believes we run. It cannot hit the
+        # next one: the supervisor hands us a new connection only after reading our "idle" event,
+        # i.e. after it sent this signal, and a pending signal runs before we read that message.
         assoc = self.current
         if assoc is not None:
             LOG.warning("aborting the running association on request")
