@@ -325,3 +325,45 @@ def test_sigint_is_a_quick_stop(daemon_factory, tmp_path: Path) -> None:
     assert running.wait(30) != 0
     assert d.stored_files() == []
     assert list((d.output / ".storescpd-staging").glob("*.part")) == []
+
+
+def _worker_resources(pids: list[int]) -> tuple[int, int]:
+    """(open file descriptors, RSS in kB) summed over the given processes."""
+    fds = sum(len(os.listdir(f"/proc/{pid}/fd")) for pid in pids)
+    rss = 0
+    for pid in pids:
+        status = Path(f"/proc/{pid}/status").read_text()
+        rss += int(next(line for line in status.splitlines() if line.startswith("VmRSS")).split()[1])
+    return fds, rss
+
+
+def test_pool_workers_do_not_leak_over_many_associations(daemon_factory, tmp_path: Path) -> None:
+    """300 associations through a 2-worker pool: descriptors and memory stay flat."""
+    from pynetdicom import AE
+
+    d = daemon_factory("--workers", "2", "--max-pdu", "16384")
+    ds = pydicom.dcmread(TEST_FILES / "CT_small.dcm")
+    ae = AE(ae_title="SOAK")
+    ae.add_requested_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
+    ae.add_requested_context("1.2.840.10008.1.1")
+
+    def run(count: int) -> None:
+        for i in range(count):
+            assoc = ae.associate("127.0.0.1", d.port)
+            assert assoc.is_established
+            ds.SOPInstanceUID = f"1.2.3.{i}"
+            assert assoc.send_c_echo().Status == 0
+            assert assoc.send_c_store(ds).Status == 0
+            assoc.release()
+
+    run(50)  # warm up: imports, caches, first allocations
+    workers = children_of(d.pid)
+    assert len(workers) == 2
+    before = _worker_resources(workers)
+    run(250)
+    assert children_of(d.pid) == workers  # nobody crashed or was replaced
+    after = _worker_resources(workers)
+    print(f"workers' descriptors {before[0]} -> {after[0]}, RSS {before[1]} -> {after[1]} kB")
+    assert after[0] <= before[0], f"open descriptors grew: {before[0]} -> {after[0]}"
+    assert after[1] < before[1] + 8 * 1024, f"RSS grew: {before[1]} -> {after[1]} kB"
+    assert list((d.output / ".storescpd-staging").iterdir()) == []
