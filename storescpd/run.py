@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import stat
 import sys
 from typing import Sequence
 
@@ -59,11 +60,27 @@ def run(config: Config, argv: Sequence[str]) -> int:
 
 
 def run_inetd(config: Config) -> int:
-    """inetd 'nowait': the association's socket is our stdin."""
+    """inetd 'nowait': the association's socket is our stdin (and usually stdout and stderr too)."""
     sock = socket.socket(fileno=os.dup(sys.stdin.fileno()))
-    # stdout belongs to inetd's socket too: never write logs there.
+    _detach_from_socket_outputs()
     serve_association(sock, config)
     return 0
+
+
+def _detach_from_socket_outputs() -> None:
+    """A classic inetd hands the connection over as stdin, stdout *and* stderr: a log line there
+    would land in the peer's DICOM stream. As DCMTK does, discard those (use -lc to log to a file
+    or syslog); stdout/stderr that are not sockets (systemd's journal, a terminal) stay."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        for fd in (1, 2):
+            try:
+                if stat.S_ISSOCK(os.fstat(fd).st_mode):
+                    os.dup2(devnull, fd)
+            except OSError:
+                continue
+    finally:
+        os.close(devnull)
 
 
 def run_single(config: Config, listener: socket.socket) -> int:

@@ -367,3 +367,28 @@ def test_pool_workers_do_not_leak_over_many_associations(daemon_factory, tmp_pat
     assert after[0] <= before[0], f"open descriptors grew: {before[0]} -> {after[0]}"
     assert after[1] < before[1] + 8 * 1024, f"RSS grew: {before[1]} -> {after[1]} kB"
     assert list((d.output / ".storescpd-staging").iterdir()) == []
+
+
+def test_inetd_mode_never_writes_logs_into_the_connection(tmp_path: Path) -> None:
+    """Classic inetd: the connection is stdin, stdout and stderr at once."""
+    out = tmp_path / "out"
+    out.mkdir()
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    port = listener.getsockname()[1]
+    sender = subprocess.Popen([str(DCMTK / "storescu"), "-v", "127.0.0.1", str(port), str(TEST_FILES / "CT_small.dcm")],
+                              env=PEER_ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    conn, _ = listener.accept()
+    listener.close()
+    with conn:
+        daemon = subprocess.Popen([STORESCPD, "--inetd", "-v", "-d", "-od", str(out)],
+                                  stdin=conn.fileno(), stdout=conn.fileno(), stderr=conn.fileno())
+    try:
+        assert daemon.wait(30) == 0
+        output, _ = sender.communicate(timeout=30)
+    finally:
+        stop_process(daemon)
+        stop_process(sender)
+    assert sender.returncode == 0, output
+    assert [p.name for p in out.iterdir() if p.is_file()] == ["CT.1.3.6.1.4.1.5962.1.1.1.1.1.20040119072730.12322"]
