@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
+import select
+import signal
 import socket
 import stat
 import sys
@@ -84,15 +86,37 @@ def _detach_from_socket_outputs() -> None:
 
 
 def run_single(config: Config, listener: socket.socket) -> int:
-    """DCMTK's default: one process, one association at a time."""
+    """DCMTK's default: one process, one association at a time.
+
+    SIGTERM lets the running association finish, then exits 0; SIGHUP cannot reload here
+    (there are no workers to replace) and says so instead of killing the process.
+    """
+    stopping: list[int] = []
+
+    def stop(signum: int, frame: object) -> None:
+        stopping.append(signum)
+        if signum == signal.SIGINT:
+            raise KeyboardInterrupt
+
+    def no_reload(signum: int, frame: object) -> None:
+        LOG.warning("SIGHUP ignored: reloading needs the pre-fork or --fork mode; restart to apply changes")
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGHUP, no_reload)
     LOG.info("listening on %s (single process)", listener.getsockname())
     notify("READY=1", "STATUS=listening, single process")
     try:
-        while True:
+        while not stopping:
+            ready, _, _ = select.select([listener], [], [], 1.0)
+            if not ready:
+                continue
             conn, _addr = listener.accept()
             try:
                 serve_association(conn, config)
             except Exception:
                 LOG.exception("association failed")
     except KeyboardInterrupt:
-        return 0
+        pass
+    notify("STOPPING=1")
+    return 0

@@ -392,3 +392,18 @@ def test_inetd_mode_never_writes_logs_into_the_connection(tmp_path: Path) -> Non
         stop_process(sender)
     assert sender.returncode == 0, output
     assert [p.name for p in out.iterdir() if p.is_file()] == ["CT.1.3.6.1.4.1.5962.1.1.1.1.1.20040119072730.12322"]
+
+
+def test_single_process_sigterm_finishes_the_association_and_sighup_is_harmless(daemon_factory,
+                                                                               tmp_path: Path) -> None:
+    slow = make_object(tmp_path / "slow.dcm", 0, columns=8)
+    d = daemon_factory("--single-process", "-pdu", "4096", "--sleep-during", "1")
+    os.kill(d.pid, signal.SIGHUP)
+    assert echoscu(d.port).returncode == 0  # still serving
+    running = subprocess.Popen([str(DCMTK / "storescu"), "127.0.0.1", str(d.port), str(slow)], env=PEER_ENV,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    time.sleep(1.0)
+    assert d.stop(signal.SIGTERM, timeout=60) == 0
+    assert running.wait(30) == 0
+    assert len(d.stored_files()) == 1
+    assert "SIGHUP ignored" in d.log()
