@@ -61,6 +61,7 @@ class StoreContext:
     started: float = field(default_factory=time.monotonic)
     _fragments_in_message: int = 0
     _next_progress: float = 0.0
+    begin_error: OSError | None = None
     # Study folders and hooks (-ss/-su/-sp, -xcr, -xcs): this process's StudyClient, or None.
     studies: Any = field(default_factory=process_study_client)
 
@@ -74,9 +75,16 @@ class StoreContext:
         if self.current is not None:
             self.current.discard()
         self.current = None
+        self.begin_error = None
         if self.config.ignore:
             return None
-        staged = StagingFile(self.staging_dir, early_writeback=self.config.fsync)
+        try:
+            staged = StagingFile(self.staging_dir, early_writeback=self.config.fsync)
+        except OSError as exc:
+            # The data set is still drained (nowhere); handle_store answers Out of Resources.
+            self.begin_error = exc
+            LOG.error("cannot create a staging file in %s: %s", self.staging_dir, exc.strerror or exc)
+            return None
         try:
             if self.config.write_file_format:
                 meta = file_meta_bytes(_clean_uid(command.AffectedSOPClassUID),
@@ -158,8 +166,12 @@ def handle_store(event: Any, ctx: StoreContext) -> int:
 def _store(event: Any, ctx: StoreContext, sop_class: str, sop_instance: str) -> tuple[int, Path | None]:
     staged = ctx.current
     ctx.current = None
-    if ctx.config.ignore or staged is None:
+    if ctx.config.ignore:
         return STATUS_SUCCESS, None
+    if staged is None:  # nowhere to write it: never acknowledge what is not on disk
+        LOG.error("%s was not stored (%s); answering Out of Resources", sop_instance,
+                  getattr(ctx.begin_error, "strerror", None) or ctx.begin_error or "no staging file")
+        return STATUS_OUT_OF_RESOURCES, None
     try:
         staged.finish(ctx.config.fsync)
     except OSError as exc:

@@ -176,3 +176,16 @@ def test_quick_identifier_scan_agrees_with_pydicom(source: Path) -> None:
     except ValueError:
         pytest.skip("pydicom cannot read this file's data set either")
     assert read_identifiers(source, offset, ts) == expected
+
+
+def test_no_staging_file_means_out_of_resources_never_success(tmp_path: Path) -> None:
+    import shutil
+
+    ctx = make_ctx(tmp_path)
+    shutil.rmtree(ctx.staging_dir)  # e.g. the output filesystem went read-only or away
+    command = SimpleNamespace(AffectedSOPClassUID="1.2.840.10008.5.1.4.1.1.2", AffectedSOPInstanceUID="1.2.3")
+    assert ctx.begin_dataset(command, "1.2.840.10008.1.2.1") is None
+    ctx.dataset_fragment(100)
+    event = SimpleNamespace(request=command, context=SimpleNamespace(transfer_syntax="1.2.840.10008.1.2.1"))
+    assert handle_store(event, ctx) == STATUS_OUT_OF_RESOURCES
+    assert published(tmp_path) == []
