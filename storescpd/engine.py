@@ -483,6 +483,10 @@ class Association:
             elif not self.established and self.outcome != "rejected":
                 LOG.info("connection from %s ended before an association: %s", self.ctx.peer, exc)
                 self.outcome = "aborted"
+        except Exception:  # a bug of ours: this association ends, the worker and the others go on
+            LOG.exception("internal error in the association with %s; aborting it", self.ctx.peer)
+            self.send_abort(ABORT_SERVICE_PROVIDER, REASON_NOT_SPECIFIED)
+            self.outcome = "aborted"
         finally:
             if self.ctx.current is not None:
                 self.ctx.current.discard()

@@ -97,3 +97,32 @@ def test_reject_bytes() -> None:
 def test_malformed_requests_are_refused(body: bytes) -> None:
     with pytest.raises(acse.MalformedRequest):
         acse.parse_request(body)
+
+
+def test_an_internal_error_aborts_only_that_association(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    """A bug in a handler must end the association with an A-ABORT and a summary, not escape."""
+    import socket as socketlib
+
+    from storescpd import config as cfg
+    from storescpd import engine
+    from storescpd.handlers import StoreContext
+    from storescpd.storage import prepare_staging_dir
+
+    config = cfg.Config({**cfg.defaults(), "output_directory": str(tmp_path)})
+    ctx = StoreContext(config=config, output_dir=tmp_path, staging_dir=prepare_staging_dir(tmp_path))
+    ours, theirs = socketlib.socketpair()
+    theirs.sendall(encoded_request())
+
+    def broken(self: engine.Association) -> None:
+        raise RuntimeError("simulated bug")
+
+    monkeypatch.setattr(engine.Association, "serve", broken)
+    summary = engine.serve(ours, config, ctx, lambda kind, data: None, lambda request: None, None)
+    assert summary["outcome"] == "aborted"
+    theirs.settimeout(5)
+    data = theirs.recv(65536)
+    ac_length = struct.unpack(">L", data[2:6])[0]
+    rest = data[6 + ac_length:] or theirs.recv(64)
+    assert data[0] == 0x02 and rest[0] == 0x07  # A-ASSOCIATE-AC, then A-ABORT
+    ours.close()
+    theirs.close()
