@@ -579,6 +579,12 @@ SETTINGS: tuple[Setting, ...] = (
         flags=(_flag("-xs", "--exec-sync", "execute command synchronously in foreground", const=True),),
         type=bool,
     ),
+    Setting(
+        "hook_timeout", 600, "seconds a -xcr/-xcs command may run before it is killed (0: no limit)", G_EVENT,
+        flags=(_value(None, "--hook-timeout", "[s]econds: integer",
+                      "kill a hook still running after s seconds (default: 600, 0: never)"),),
+        type=int, minimum=0,
+    ),
     # daemon options (storescpd's own)
     Setting(
         "port", None, "TCP port to listen on (the positional argument of storescp)", G_DAEMON,

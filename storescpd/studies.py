@@ -340,7 +340,7 @@ class StudyService:
     def __init__(self, config: Config, can_block: bool, runner: HookRunner | None = None) -> None:
         self.config = config
         self.tracker = StudyTracker(TrackerSettings.from_config(config))
-        self.runner = runner or HookRunner()
+        self.runner = runner or HookRunner(timeout=config.hook_timeout)
         self.can_block = can_block
         self.deferred: dict[str, list[dict]] = {}
 
@@ -495,7 +495,7 @@ class StudyClient:
     def __init__(self, config: Config, transport: StudyTransport, runner: HookRunner | None = None) -> None:
         self.config = config
         self.transport = transport
-        self.runner = runner or HookRunner()
+        self.runner = runner or HookRunner(timeout=config.hook_timeout)
         self._placed: tuple[str, str] | None = None
         self._host_cache: dict[str, str] = {}
 

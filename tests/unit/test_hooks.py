@@ -175,3 +175,12 @@ def test_async_hooks_are_queued_reaped_and_logged(tmp_path: Path) -> None:
     assert runner.finished == 5
     assert sorted(json.loads(line)["argv"][0] for line in calls.read_text().splitlines()) == \
         [f"AE{n}" for n in range(5)]
+
+
+def test_hook_timeout_comes_from_the_configuration(tmp_path: Path) -> None:
+    from storescpd import config as cfg
+    from storescpd.studies import StudyService
+
+    values = {**cfg.defaults(), "output_directory": str(tmp_path), "exec_on_reception": "/bin/true #f",
+              "hook_timeout": 7}
+    assert StudyService(cfg.Config(values), can_block=False).runner.timeout == 7
