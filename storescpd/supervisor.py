@@ -31,6 +31,7 @@ LOG = logging.getLogger("storescpd.supervisor")
 TICK_SECONDS = 0.5
 HANDLED_SIGNALS = ("SIGTERM", "SIGINT", "SIGQUIT", "SIGHUP", "SIGCHLD", "SIGTTIN", "SIGTTOU")
 CRASH_WINDOW_SECONDS = 10.0
+MAX_PENDING = 512  # silent connections held at once; past this the oldest is closed
 CRASH_LIMIT = 10  # worker deaths without any association served in the window: stop re-forking
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -245,13 +246,25 @@ class Supervisor:
                 return
             except OSError as exc:
                 if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    # Out of descriptors: make room by closing the oldest silent connection,
+                    # rather than spinning on a listener that stays readable.
                     LOG.error("cannot accept a connection: %s", exc.strerror)
+                    self._drop_oldest_pending()
                     return
                 raise
             conn.setblocking(False)
+            if len(self.pending) >= MAX_PENDING:
+                self._drop_oldest_pending()
             pending = Pending(conn, role, time.monotonic())
             self.pending[conn.fileno()] = pending
             self.selector.register(conn, selectors.EVENT_READ, ("pending", None))
+
+    def _drop_oldest_pending(self) -> None:
+        if self.pending:
+            oldest = min(self.pending.values(), key=lambda p: p.since)
+            LOG.warning("%d connections wait silently for their association request: closing the oldest",
+                        len(self.pending))
+            self._close_silent(oldest)
 
     def connection_readable(self, conn: socket.socket) -> None:
         pending = self.pending.pop(conn.fileno())
@@ -262,10 +275,13 @@ class Supervisor:
         limit = time.monotonic() - self.config.acse_timeout
         for p in [p for p in self.pending.values() if p.since < limit]:
             LOG.info("closing a connection that sent no association request within %d s", self.config.acse_timeout)
-            self.count("connections_timed_out")
-            for hook in self.event_hooks:
-                hook("connection_timed_out", {}, None)  # type: ignore[arg-type]
-            self._drop_pending(p)
+            self._close_silent(p)
+
+    def _close_silent(self, p: Pending) -> None:
+        self.count("connections_timed_out")
+        for hook in self.event_hooks:
+            hook("connection_timed_out", {}, None)  # type: ignore[arg-type]
+        self._drop_pending(p)
 
     def _drop_pending(self, p: Pending) -> None:
         if self.pending.pop(p.sock.fileno(), None) is not None:

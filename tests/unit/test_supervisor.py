@@ -148,3 +148,33 @@ def test_a_killed_worker_counts_its_association_as_aborted(tmp_path: Path, monke
     assert s.counters["associations_total.aborted"] == 1
     assert not (staging / "1001-1-0.part").exists()
     assert os.path.isdir(staging)
+
+
+def test_silent_connections_are_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket as socketlib
+
+    FakeOS(monkeypatch)
+    monkeypatch.setattr(sup, "MAX_PENDING", 3)
+    s = make(tmp_path)
+    listener = socketlib.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    listener.setblocking(False)
+    clients = [socketlib.create_connection(listener.getsockname()) for _ in range(5)]
+    try:
+        import time as timelib
+
+        deadline = timelib.monotonic() + 5
+        while len(s.pending) < 3 and timelib.monotonic() < deadline:
+            s.accept(listener, "dicom")
+        s.accept(listener, "dicom")
+        assert len(s.pending) == 3  # 5 accepted, the 2 oldest closed
+        assert s.counters["connections_timed_out"] == 2
+        clients[0].settimeout(5)
+        assert clients[0].recv(1) == b""  # the oldest was closed
+    finally:
+        for c in clients:
+            c.close()
+        for p in list(s.pending.values()):
+            s._drop_pending(p)
+        listener.close()
