@@ -55,6 +55,12 @@ def make_object(path: Path, megabytes: int, seed: int = 0, columns: int | None =
     return path
 
 
+def start_storescu(port: int, path: Path) -> subprocess.Popen:
+    """DCMTK's storescu sending one file, in the background."""
+    return subprocess.Popen([str(DCMTK / "storescu"), "127.0.0.1", str(port), str(path)], env=PEER_ENV,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
 def children_of(pid: int) -> list[int]:
     out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True).stdout
     return [int(x) for x in out.split()]
@@ -131,8 +137,7 @@ def test_sigkill_worker_mid_transfer(daemon_factory, tmp_path: Path) -> None:
     big = make_object(tmp_path / "big.dcm", 200)
     small = TEST_FILES / "CT_small.dcm"
     d = daemon_factory("--workers", "3", "-v")
-    sender = subprocess.Popen([str(DCMTK / "storescu"), "127.0.0.1", str(d.port), str(big)], env=PEER_ENV,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    sender = start_storescu(d.port, big)
     staging = d.output / ".storescpd-staging"
     victim = None
     deadline = time.monotonic() + 30
@@ -212,8 +217,7 @@ def test_reload_changes_output_directory_for_new_associations(daemon_factory, tm
                        sleep_during=1)
     slow = make_object(tmp_path / "slow.dcm", 0, columns=8)  # 16 KB: four 4 KB PDUs, 1 s each
     d = daemon_factory("--config", str(cfg), output=first, od=False)
-    running = subprocess.Popen([str(DCMTK / "storescu"), "127.0.0.1", str(d.port), str(slow)], env=PEER_ENV,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    running = start_storescu(d.port, slow)
     time.sleep(0.5)
     write_config(cfg, output_directory=str(second), workers=2)
     os.kill(d.pid, signal.SIGHUP)
@@ -228,8 +232,7 @@ def test_reload_changes_output_directory_for_new_associations(daemon_factory, tm
 def test_sigterm_during_transfer_lets_it_complete(daemon_factory, tmp_path: Path) -> None:
     slow = make_object(tmp_path / "slow.dcm", 0, columns=8)
     d = daemon_factory("--workers", "2", "-pdu", "4096", "--sleep-during", "1")
-    running = subprocess.Popen([str(DCMTK / "storescu"), "127.0.0.1", str(d.port), str(slow)], env=PEER_ENV,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    running = start_storescu(d.port, slow)
     time.sleep(0.7)
     assert d.stop(signal.SIGTERM, timeout=60) == 0
     assert running.wait(30) == 0
@@ -284,8 +287,7 @@ def test_socket_activation(tmp_path: Path, extra: list[str], args: list[str]) ->
 def test_max_associations_rejects_transient_local_limit(daemon_factory, tmp_path: Path) -> None:
     slow = make_object(tmp_path / "slow.dcm", 0, columns=8)
     d = daemon_factory("--workers", "3", "--max-associations", "1", "-pdu", "4096", "--sleep-during", "1")
-    running = subprocess.Popen([str(DCMTK / "storescu"), "127.0.0.1", str(d.port), str(slow)], env=PEER_ENV,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    running = start_storescu(d.port, slow)
     try:
         time.sleep(1.0)
         result = echoscu(d.port, "-v")
@@ -316,8 +318,7 @@ def test_watchdog_pings_when_systemd_asks(daemon_factory) -> None:
 def test_sigint_is_a_quick_stop(daemon_factory, tmp_path: Path) -> None:
     slow = make_object(tmp_path / "slow.dcm", 0, columns=8)
     d = daemon_factory("--workers", "2", "-pdu", "4096", "--sleep-during", "2")
-    running = subprocess.Popen([str(DCMTK / "storescu"), "127.0.0.1", str(d.port), str(slow)], env=PEER_ENV,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    running = start_storescu(d.port, slow)
     time.sleep(1.0)
     started = time.monotonic()
     assert d.stop(signal.SIGINT, timeout=30) == 0
@@ -400,8 +401,7 @@ def test_single_process_sigterm_finishes_the_association_and_sighup_is_harmless(
     d = daemon_factory("--single-process", "-pdu", "4096", "--sleep-during", "1")
     os.kill(d.pid, signal.SIGHUP)
     assert echoscu(d.port).returncode == 0  # still serving
-    running = subprocess.Popen([str(DCMTK / "storescu"), "127.0.0.1", str(d.port), str(slow)], env=PEER_ENV,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    running = start_storescu(d.port, slow)
     time.sleep(1.0)
     assert d.stop(signal.SIGTERM, timeout=60) == 0
     assert running.wait(30) == 0
