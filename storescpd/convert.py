@@ -29,10 +29,10 @@ from typing import Any, BinaryIO, Iterator
 
 from pydicom import config as pydicom_config
 from pydicom.dataelem import DataElement
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filereader import read_dataset
-from pydicom.filewriter import correct_ambiguous_vr, write_data_element, write_file_meta_info
+from pydicom.filewriter import correct_ambiguous_vr, write_data_element
 from pydicom.sequence import Sequence
 from pydicom.tag import Tag
 from pydicom.uid import UID
@@ -102,30 +102,20 @@ def encoding_for(config: Any, received: str) -> Encoding | None:
     return None
 
 
-def convert(source: Path, offset: int, received: str, dest: BinaryIO, encoding: Encoding,
-            meta: FileMetaDataset | None) -> None:
+def convert(source: Path, offset: int, received: str, dest: BinaryIO, encoding: Encoding, head: bytes) -> None:
     """Read the data set at ``offset`` of ``source`` (in ``received``) and write it to ``dest``.
 
-    ``meta`` (with the output transfer syntax) is written first when given (+F).
+    ``head`` (preamble and file meta naming the output transfer syntax, or b"" for -F) comes first.
     """
     ds = read_staged(source, offset, received, encoding.convert_un)
     body = encode(ds, encoding)
-    head = meta_bytes(meta) if meta is not None else b""
-    if encoding.padding and meta is not None:
+    if encoding.padding and head:
         body = _pad_file(body, len(head), encoding)
     if encoding.transfer_syntax == DEFLATED_LE:
         compressor = zlib.compressobj(encoding.compression_level, zlib.DEFLATED, -zlib.MAX_WBITS)
         body = compressor.compress(body) + compressor.flush()
     dest.write(head)
     dest.write(body)
-
-
-def meta_bytes(meta: FileMetaDataset) -> bytes:
-    """Preamble, 'DICM' and the file meta group, as filemeta.file_meta_bytes writes them."""
-    buf = BytesIO()
-    buf.write(b"\x00" * 128 + b"DICM")
-    write_file_meta_info(buf, meta, enforce_standard=True)  # type: ignore[arg-type]
-    return buf.getvalue()
 
 
 @contextmanager

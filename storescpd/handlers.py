@@ -9,9 +9,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from pydicom.dataset import FileMetaDataset
-
-from . import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from .config import Config
 from .convert import Encoding, convert, encoding_for
 from .filemeta import file_meta_bytes
@@ -69,7 +66,7 @@ class StoreContext:
     def naming(self) -> Naming:
         return Naming(self.config.filenames, self.config.filename_extension)
 
-    # -- Receiver protocol (called from pynetdicom's reader thread) --
+    # -- called by the engine as a C-STORE-RQ's data set arrives --
     def begin_dataset(self, command: Any, transfer_syntax: str) -> StagingFile | None:
         self._fragments_in_message = 0
         if self.current is not None:
@@ -112,18 +109,6 @@ class StoreContext:
             return
         if self.config.sleep_during:
             time.sleep(self.config.sleep_during)
-
-    def _file_meta(self, command: Any, transfer_syntax: str) -> FileMetaDataset:
-        meta = FileMetaDataset()
-        meta.FileMetaInformationVersion = b"\x00\x01"
-        meta.MediaStorageSOPClassUID = _clean_uid(command.AffectedSOPClassUID)
-        meta.MediaStorageSOPInstanceUID = _clean_uid(command.AffectedSOPInstanceUID)
-        meta.TransferSyntaxUID = transfer_syntax
-        meta.ImplementationClassUID = IMPLEMENTATION_CLASS_UID
-        meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
-        if self.calling_ae:
-            meta.SourceApplicationEntityTitle = self.calling_ae
-        return meta
 
 
 def _clean_uid(value: Any) -> str:
@@ -172,13 +157,15 @@ def _store(event: Any, ctx: StoreContext, sop_class: str, sop_instance: str) -> 
         LOG.error("%s was not stored (%s); answering Out of Resources", sop_instance,
                   getattr(ctx.begin_error, "strerror", None) or ctx.begin_error or "no staging file")
         return STATUS_OUT_OF_RESOURCES, None
+    transfer_syntax = str(event.context.transfer_syntax)
+    encoding = encoding_for(ctx.config, transfer_syntax)
     try:
-        staged.finish(ctx.config.fsync)
+        # A file that is about to be written again in another encoding need not be durable itself.
+        staged.finish(ctx.config.fsync and encoding is None)
     except OSError as exc:
         staged.discard()
         LOG.error("cannot write %s: %s; answering Out of Resources", sop_instance, exc.strerror or exc)
         return STATUS_OUT_OF_RESOURCES, None
-    transfer_syntax = str(event.context.transfer_syntax)
     try:
         ids = read_identifiers(staged.path, staged.dataset_offset, transfer_syntax)
     except ValueError as exc:
@@ -190,9 +177,8 @@ def _store(event: Any, ctx: StoreContext, sop_class: str, sop_instance: str) -> 
         staged.discard()
         LOG.error("%s; answering 0xA900 (data set does not match SOP class), nothing stored", mismatch)
         return STATUS_DATASET_DOES_NOT_MATCH_SOP_CLASS, None
-    encoding = encoding_for(ctx.config, transfer_syntax)
     if encoding is not None:
-        converted, status = _reencode(ctx, staged, transfer_syntax, encoding, event.request)
+        converted, status = _reencode(ctx, staged, transfer_syntax, encoding, sop_class, sop_instance)
         if converted is None:
             return status, None
         staged = converted
@@ -221,12 +207,13 @@ def _store(event: Any, ctx: StoreContext, sop_class: str, sop_instance: str) -> 
 
 
 def _reencode(ctx: StoreContext, staged: StagingFile, received: str, encoding: Encoding,
-              request: Any) -> tuple[StagingFile | None, int]:
+              sop_class: str, sop_instance: str) -> tuple[StagingFile | None, int]:
     """Write the staged data set again as the output options ask (a second staging file)."""
-    meta = ctx._file_meta(request, encoding.transfer_syntax) if ctx.config.write_file_format else None
+    head = (file_meta_bytes(sop_class, sop_instance, encoding.transfer_syntax, ctx.calling_ae)
+            if ctx.config.write_file_format else b"")
     converted = StagingFile(ctx.staging_dir)
     try:
-        convert(staged.path, staged.dataset_offset, received, converted.file, encoding, meta)
+        convert(staged.path, staged.dataset_offset, received, converted.file, encoding, head)
         converted.finish(ctx.config.fsync)
     except OSError as exc:
         converted.discard()

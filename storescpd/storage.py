@@ -192,7 +192,6 @@ def publish(staged: StagingFile, final: Path, on_duplicate: str, fsync: bool) ->
     overwrite: atomic replace (DCMTK's behaviour). keep-first: never replace. The caller
     chooses another name for "unique" before calling.
     """
-    final.parent.mkdir(parents=True, exist_ok=True)
     if on_duplicate == "keep-first":
         try:
             os.link(staged.path, final)

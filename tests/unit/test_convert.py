@@ -8,12 +8,13 @@ from io import BytesIO
 from pathlib import Path
 
 import pydicom
-from pydicom.filereader import read_dataset
 import pytest
+from pydicom.filereader import read_dataset
 
 from storescpd import convert
 from storescpd.config import defaults
 from storescpd.convert import DEFLATED_LE, EXPLICIT_BE, EXPLICIT_LE, IMPLICIT_LE, Encoding, encoding_for
+from storescpd.filemeta import file_meta_bytes
 from tests.conftest import TEST_FILES
 from tests.integration.test_differential import crafted_bytes, split_meta
 
@@ -51,8 +52,8 @@ def converted(tmp_path: Path, data: bytes, encoding: Encoding) -> pydicom.Datase
     path, offset = staged(tmp_path, data)
     out = BytesIO()
     meta = pydicom.dcmread(path, force=True).file_meta
-    meta.TransferSyntaxUID = encoding.transfer_syntax
-    convert.convert(path, offset, EXPLICIT_LE, out, encoding, meta)
+    head = file_meta_bytes(meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID, encoding.transfer_syntax, "")
+    convert.convert(path, offset, EXPLICIT_LE, out, encoding, head)
     out.seek(0)
     with convert._un_replacement(False):  # read back what was written, UN included
         ds = pydicom.dcmread(out)
@@ -102,8 +103,9 @@ def test_padding_makes_file_and_items_multiples(tmp_path: Path) -> None:
     data = (TEST_FILES / "rtplan.dcm").read_bytes()
     path, offset = staged(tmp_path, data)
     meta = pydicom.dcmread(path, force=True).file_meta
+    head = file_meta_bytes(meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID, IMPLICIT_LE, "")
     out = BytesIO()
-    convert.convert(path, offset, IMPLICIT_LE, out, Encoding(IMPLICIT_LE, padding=(8, 4)), meta)
+    convert.convert(path, offset, IMPLICIT_LE, out, Encoding(IMPLICIT_LE, padding=(8, 4)), head)
     assert len(out.getvalue()) % 8 == 0
     out.seek(0)
     ds = pydicom.dcmread(out)
