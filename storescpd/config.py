@@ -207,7 +207,7 @@ SETTINGS: tuple[Setting, ...] = (
         "inetd", False, "run from inetd super server: the association is on stdin", G_NETWORK,
         flags=(_flag("-id", "--inetd", "run from inetd super server (not with --fork)", const=True,
                      subgroup="other network options:"),),
-        type=bool, in_file=False,
+        type=bool, in_file=False, reloadable=False,
     ),
     Setting(
         "socket_timeout", 60, "timeout for network socket in seconds (0 for none)", G_NETWORK,

@@ -44,7 +44,7 @@ from .api.address import ApiAddress, read_token, socket_is_loopback
 from .metrics import Metrics, output_free_bytes
 
 if TYPE_CHECKING:
-    from .supervisor import Child, Supervisor
+    from .supervisor import Supervisor
 
 LOG = logging.getLogger("storescpd.control")
 
@@ -396,7 +396,6 @@ class ControlPlane:
         self.supervisor = supervisor
         self.owner = os.getpid()
         self.metrics = Metrics(supervisor).attach()
-        self.api_settings = (config.api, config.api_token_file)
         self.api_address = ApiAddress.parse(config.api) if config.api and api_listener is None else None
         self.api_listener: socket.socket | None = None
         self.control: ControlServer | None = None
@@ -412,7 +411,6 @@ class ControlPlane:
             raise
         os.register_at_fork(after_in_child=self._after_fork_in_child)
         atexit.register(self.close)
-        supervisor.event_hooks.append(self._on_event)
 
     def _prepare(self, api_listener: socket.socket | None) -> None:
         config: Config = self.supervisor.config
@@ -449,12 +447,6 @@ class ControlPlane:
             if sock is not keep and sock.fileno() >= 0:
                 sock.close()
         self.control.connections.clear()
-
-    def _on_event(self, kind: str, data: dict[str, Any], child: "Child | None") -> None:
-        config = self.supervisor.config
-        if kind == "reloaded" and (config.api, config.api_token_file) != self.api_settings:
-            LOG.warning("reload: api and api_token_file take effect at the next restart; the API keeps "
-                        "serving on %s", self.api.description if self.api else "its address")
 
     def close(self) -> None:
         if os.getpid() != self.owner:

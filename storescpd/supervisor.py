@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from . import engine, ipc
-from .config import Config, ConfigError
+from .config import SETTINGS, Config, ConfigError
 from .storage import STAGING_DIR_NAME
 from .systemd import notify, reloading, watchdog_interval
 from .worker import WORKER_BOOT_ERROR, start_worker
@@ -561,8 +561,8 @@ class Supervisor:
                 hook("reload_failed", {"message": message}, None)  # type: ignore[arg-type]
             notify("READY=1", f"STATUS=reload failed: {message.splitlines()[0][:200]}; {self.status_line()}")
             return self.last_reload
-        fixed = [name for name in ("port", "bind", "process_mode", "inetd", "run_directory")
-                 if new.values.get(name) != self.config.values.get(name)]
+        fixed = [s.name for s in SETTINGS
+                 if not s.reloadable and new.values.get(s.name) != self.config.values.get(s.name)]
         if fixed:
             LOG.warning("reload: %s cannot change without a restart; keeping the running value(s)", ", ".join(fixed))
             new = new.replace(**{name: self.config.values[name] for name in fixed})

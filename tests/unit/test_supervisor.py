@@ -109,11 +109,13 @@ def test_reload_retires_idle_old_workers_and_keeps_busy_ones(tmp_path: Path, mon
     s = make(tmp_path)
     s.manage_workers()
     s.children[1001].busy = True
-    s.reload_config = lambda: s.config.replace(aetitle="NEW", port=999)
+    s.reload_config = lambda: s.config.replace(aetitle="NEW", port=999, tls_port=2762, api="127.0.0.1:9")
     result = s.reload()
     assert result["result"] == "success"
     assert s.config.aetitle == "NEW"
-    assert s.config.port is None  # port needs a restart: the running value stays
+    # settings the table marks reloadable=False need a restart: the running values stay
+    assert (s.config.port, s.config.tls_port, s.config.api) == (None, None, None)
+    assert "(tls_port, port, api need a restart)" in result["message"]
     terminated = {pid for pid, sig in fake.kills if sig == signal.SIGTERM}
     assert terminated == {1002, 1003}
     assert sorted(c.generation for c in s.children.values()) == [0, 0, 0, 1, 1, 1]
