@@ -84,13 +84,6 @@ class Command:
     data_set_type: int
     AffectedSOPClassUID: str = ""
     AffectedSOPInstanceUID: str = ""
-    Priority: int = 0
-    MoveOriginatorApplicationEntityTitle: str = ""
-    MoveOriginatorMessageID: int | None = None
-
-    @property
-    def MessageID(self) -> int:
-        return self.message_id
 
 
 @dataclass
@@ -102,11 +95,10 @@ class Context:
 
 @dataclass
 class StoreEvent:
-    """What handle_store reads from a pynetdicom event, built without pynetdicom's machinery."""
+    """What handle_store reads of a C-STORE request (the shape of a pynetdicom event)."""
 
     request: Command
     context: Context
-    assoc: "Association"
 
 
 def decode_command(data: bytes | bytearray) -> Command:
@@ -129,12 +121,14 @@ def decode_command(data: bytes | bytearray) -> Command:
         raw = fields.get(element)
         return struct.unpack("<H", raw[:2])[0] if raw and len(raw) >= 2 else None
 
-    if us(0x0100) is None:
+    command_field, data_set_type = us(0x0100), us(0x0800)
+    if command_field is None:
         raise ProtocolError("command set without Command Field", REASON_INVALID_PARAMETER)
     return Command(
-        command_field=us(0x0100) or 0, message_id=us(0x0110) or 0, data_set_type=us(0x0800) or NO_DATA_SET,
-        AffectedSOPClassUID=text(0x0002), AffectedSOPInstanceUID=text(0x1000), Priority=us(0x0700) or 0,
-        MoveOriginatorApplicationEntityTitle=text(0x1030), MoveOriginatorMessageID=us(0x1031),
+        # Any Command Data Set Type but 0x0101 announces a data set (0x0000 is a valid one).
+        command_field=command_field, message_id=us(0x0110) or 0,
+        data_set_type=NO_DATA_SET if data_set_type is None else data_set_type,
+        AffectedSOPClassUID=text(0x0002), AffectedSOPInstanceUID=text(0x1000),
     )
 
 
@@ -217,7 +211,6 @@ class Association:
         self.acceptor_contexts = acceptor_contexts
         self.extended = extended
         self.contexts: dict[int, Context] = {}
-        self.peer_max_pdu = 0
         self.outcome = "aborted"
         self.established = False
         self._buffer = bytearray(2 * config.max_pdu + READ_AHEAD)
@@ -331,7 +324,6 @@ class Association:
         results = acse.negotiate(request, _supported_table(self.config, self.acceptor_contexts))
         self.contexts = {r.context_id: Context(r.context_id, r.abstract_syntax, r.transfer_syntax)
                          for r in results if r.result == acse.RESULT_ACCEPTANCE}
-        self.peer_max_pdu = request.maximum_length_received
         self.send(acse.encode_accept(request, results, self.config.max_pdu, IMPLEMENTATION_CLASS_UID,
                                      IMPLEMENTATION_VERSION_NAME))
         if self.config.verbose_pc:
@@ -349,9 +341,6 @@ class Association:
             if cx.result == 0x00:
                 self.contexts[cx.context_id] = Context(cx.context_id, str(cx.abstract_syntax),
                                                        str(cx.transfer_syntax[0]))
-        for item in rq.user_information:
-            if isinstance(item, MaximumLengthNotification):
-                self.peer_max_pdu = item.maximum_length_received or 0
         ac = A_ASSOCIATE()
         ac.application_context_name = rq.application_context_name
         ac.calling_ae_title = rq.calling_ae_title
@@ -430,6 +419,9 @@ class Association:
                 else:  # data set fragment
                     if not receiving or command is None or context is None:
                         raise ProtocolError("data set fragment without a C-STORE-RQ command")
+                    if context_id != context.context_id:
+                        raise ProtocolError(f"data set on presentation context {context_id}, its command on "
+                                            f"{context.context_id}")
                     staged = self.ctx.current
                     if staged is not None and not staged.closed:
                         staged.write(value)
@@ -446,7 +438,7 @@ class Association:
             self.send_response(context, encode_response(C_ECHO_RSP, command.message_id, STATUS_SUCCESS,
                                                         command.AffectedSOPClassUID, None))
         elif command.command_field == C_STORE_RQ:
-            status = handle_store(StoreEvent(command, context, self), self.ctx)
+            status = handle_store(StoreEvent(command, context), self.ctx)
             if self._aborted_locally:
                 raise PeerGone("aborted locally")
             self.send_response(context, encode_response(C_STORE_RSP, command.message_id, status,

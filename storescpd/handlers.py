@@ -28,7 +28,6 @@ STATUS_SUCCESS = 0x0000
 STATUS_OUT_OF_RESOURCES = 0xA700
 STATUS_DATASET_DOES_NOT_MATCH_SOP_CLASS = 0xA900
 STATUS_CANNOT_UNDERSTAND = 0xC000
-STATUS_REFUSED_OUT_OF_RESOURCES = 0xA700
 
 EventSink = Callable[[str, dict[str, Any]], None]
 PROGRESS_INTERVAL = 0.5  # seconds between progress events of a running association
@@ -115,10 +114,6 @@ def _clean_uid(value: Any) -> str:
     return str(value or "").rstrip("\0 ")
 
 
-def handle_echo(event: Any) -> int:
-    return STATUS_SUCCESS
-
-
 def handle_store(event: Any, ctx: StoreContext) -> int:
     """Publish the staged data set under its final name; success only once it is durable."""
     started = time.monotonic()
@@ -130,7 +125,7 @@ def handle_store(event: Any, ctx: StoreContext) -> int:
         LOG.info("ABORT initiated (due to command line options)")
         _drop(ctx)
         ctx.abort()
-        return STATUS_REFUSED_OUT_OF_RESOURCES
+        return STATUS_OUT_OF_RESOURCES  # never sent: the association is aborted
     status, path = _store(event, ctx, sop_class, sop_instance)
     if ctx.studies is not None and status == STATUS_SUCCESS:
         ctx.studies.stored(ctx, path, sop_class)  # never raises: a hook cannot change the status

@@ -83,6 +83,8 @@ ABUSES = {
     "4 GiB PDU announced": (["ASSOC", struct.pack(">BBI", 0x04, 0, 0xFFFFFFF0) + b"\0" * 20], 0x07),
     "P-DATA far over the negotiated maximum": (["ASSOC", struct.pack(">BBI", 0x04, 0, 200 << 20) + b"\0" * 20],
                                                0x07),
+    "data set on another context than its command": (["ASSOC", p_data(1, 0x03, store_command()),
+                                                      p_data(3, 0x02, b"\x08\x00" * 8)], 0x07),
     "truncated A-ASSOCIATE-RQ, then silence": ([associate_rq()[:40]], -1),
     "connection dropped mid data set": (["ASSOC", p_data(1, 0x03, store_command()),
                                          p_data(1, 0x00, b"\x08\x00" * 50), "CLOSE"], None),
@@ -128,3 +130,32 @@ def test_protocol_abuse_never_crashes_the_daemon(daemon_factory, name: str) -> N
         time.sleep(0.1)
     assert list((d.output / ".storescpd-staging").glob("*.part")) == []
     assert "Traceback" not in d.log()
+
+
+def test_command_data_set_type_zero_still_stores(daemon_factory) -> None:
+    """0x0000 is a legal Command Data Set Type ("a data set follows"): the object must be stored."""
+    import pydicom
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset
+
+    from tests.conftest import TEST_FILES
+
+    d = daemon_factory()
+    ds = pydicom.dcmread(TEST_FILES / "CT_small.dcm")
+    ds.SOPInstanceUID = "1.2.3.4.5"
+    body = DicomBytesIO()
+    body.is_little_endian, body.is_implicit_VR = True, False
+    write_dataset(body, ds)
+    with socket.create_connection(("127.0.0.1", d.port), timeout=10) as sock:
+        sock.sendall(associate_rq())
+        assert read_pdu(sock)[0] == 0x02
+        data = body.getvalue()
+        fragments = [data[i:i + 16000] for i in range(0, len(data), 16000)]
+        sock.sendall(p_data(1, 0x03, store_command()) + b"".join(
+            p_data(1, 0x02 if i == len(fragments) - 1 else 0x00, f) for i, f in enumerate(fragments)))
+        kind, response = read_pdu(sock)
+        assert kind == 0x04
+        assert struct.pack("<HHIH", 0, 0x0900, 2, 0x0000) in response  # Status: success
+        sock.sendall(pdu(0x05, bytes(4)))
+        assert read_pdu(sock)[0] == 0x06
+    assert [p.name for p in d.stored_files()] == ["CT.1.2.3.4.5"]

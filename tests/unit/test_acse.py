@@ -126,3 +126,15 @@ def test_an_internal_error_aborts_only_that_association(monkeypatch: pytest.Monk
     assert data[0] == 0x02 and rest[0] == 0x07  # A-ASSOCIATE-AC, then A-ABORT
     ours.close()
     theirs.close()
+
+
+@pytest.mark.parametrize("data_set_type,announces", [(0x0000, True), (0x0001, True), (0x0102, True),
+                                                     (0x0101, False)])
+def test_command_data_set_type(data_set_type: int, announces: bool) -> None:
+    from storescpd.engine import NO_DATA_SET, decode_command
+
+    def element(number: int, value: bytes) -> bytes:
+        return struct.pack("<HHI", 0, number, len(value)) + value
+
+    command = decode_command(element(0x0100, struct.pack("<H", 1)) + element(0x0800, struct.pack("<H", data_set_type)))
+    assert (command.data_set_type != NO_DATA_SET) is announces
