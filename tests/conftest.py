@@ -35,6 +35,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_listening(port: int, timeout: float = 10.0) -> None:
+    """Wait until something accepts TCP connections on 127.0.0.1:port (e.g. systemd-socket-activate)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise AssertionError(f"nothing is listening on 127.0.0.1:{port} after {timeout:.0f} s")
+
+
 class NotifyListener:
     """A test NOTIFY_SOCKET: collects what the daemon tells systemd."""
 

@@ -19,7 +19,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import (DCMTK, PEER_ENV, ROOT, STORESCPD, TEST_FILES, Daemon, echoscu, free_port,
-                            require_dcmtk, stop_process, storescu)
+                            require_dcmtk, stop_process, storescu, wait_listening)
 from tests.integration.test_daemon import children_of, make_object
 
 TOKEN = "0123456789abcdef0123456789abcdef"
@@ -317,7 +317,9 @@ def test_socket_activation_with_an_api_socket(tmp_path: Path) -> None:
          "--fdname=dicom:api", "-E", f"PATH={os.environ['PATH']}", STORESCPD, "-od", str(out), "--workers", "2"],
         stdout=subprocess.DEVNULL, stderr=open(tmp_path / "sa.log", "wb"))
     try:
-        # systemd-socket-activate starts the daemon on the first connection to either socket.
+        # systemd-socket-activate starts the daemon on the first connection to either socket;
+        # it is not listening yet right after Popen returns.
+        wait_listening(dicom_port)
         assert echoscu(dicom_port).returncode == 0, (tmp_path / "sa.log").read_text()
         api = Api(f"http://127.0.0.1:{api_port}").wait_up()
         assert api.get("/status").json()["process_mode"] == "prefork"

@@ -19,7 +19,8 @@ import pytest
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
-from tests.conftest import DCMTK, PEER_ENV, STORESCPD, TEST_FILES, Daemon, echoscu, require_dcmtk, stop_process, storescu
+from tests.conftest import (DCMTK, PEER_ENV, STORESCPD, TEST_FILES, Daemon, echoscu, require_dcmtk, stop_process,
+                            storescu, wait_listening)
 
 
 def setup_module() -> None:
@@ -248,17 +249,6 @@ def _socket_activate(args: list[str], tmp_path: Path, port: int, extra: list[str
     )
 
 
-def _wait_listening(port: int) -> None:
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise AssertionError("systemd-socket-activate is not listening")
-
-
 @pytest.mark.parametrize("extra,args", [
     ([], ["--workers", "2"]),
     (["--fdname=dicom"], ["--fork"]),
@@ -275,7 +265,7 @@ def test_socket_activation(tmp_path: Path, extra: list[str], args: list[str]) ->
     port = free_port()
     proc = _socket_activate(["-od", str(out), *args], tmp_path, port, extra)
     try:
-        _wait_listening(port)
+        wait_listening(port)
         for name in ["CT_small.dcm", "MR_small.dcm"]:
             result = storescu(port, [TEST_FILES / name])
             assert result.returncode == 0, result.stderr + (tmp_path / "sa.log").read_text()
