@@ -86,7 +86,7 @@ class StoreContext:
                 meta = file_meta_bytes(_clean_uid(command.AffectedSOPClassUID),
                                        _clean_uid(command.AffectedSOPInstanceUID), transfer_syntax, self.calling_ae)
                 staged.write(meta)
-                staged.dataset_offset = len(meta)
+            staged.start_dataset()
         except OSError:
             staged.discard()
             raise
@@ -162,7 +162,8 @@ def _store(event: Any, ctx: StoreContext, sop_class: str, sop_instance: str) -> 
         LOG.error("cannot write %s: %s; answering Out of Resources", sop_instance, exc.strerror or exc)
         return STATUS_OUT_OF_RESOURCES, None
     try:
-        ids = read_identifiers(staged.path, staged.dataset_offset, transfer_syntax)
+        ids = read_identifiers(staged.path, staged.dataset_offset, transfer_syntax,
+                               staged.head, staged.head_is_whole_dataset)
     except ValueError as exc:
         staged.discard()
         LOG.error("cannot understand the data set of %s from %s: %s", sop_instance, ctx.calling_ae, exc)

@@ -30,6 +30,7 @@ STAGING_DIR_NAME = ".storescpd-staging"
 _UNSAFE_IN_NAME = re.compile(r"[/\x00-\x1f\x7f]")
 MAX_UID_IN_NAME = 200  # file names are limited to 255 bytes
 EARLY_WRITEBACK = 8 << 20  # bytes between writeback starts while a big object arrives
+HEAD_BYTES = 64 << 10  # the start of each data set kept in memory, where its identifiers are
 
 
 class UnsafeName(ValueError):
@@ -68,12 +69,27 @@ class StagingFile:
         # final fsync finds little left to do (and the page cache does not fill with them).
         self._writeback_from = 0 if early_writeback else None
         self._written = 0
+        self.head = bytearray()  # the first HEAD_BYTES of the data set, once start_dataset is called
+        self._head_room = 0
+
+    def start_dataset(self) -> None:
+        """What is written from now on is the data set (before it: the file meta)."""
+        self.dataset_offset = self._written
+        self._head_room = HEAD_BYTES
+
+    @property
+    def head_is_whole_dataset(self) -> bool:
+        return self._written - self.dataset_offset == len(self.head)
 
     def write(self, data: bytes | memoryview) -> None:
         """Append received bytes; a write error (disk full) is kept for ``finish`` to raise, and
         the rest of the data set is drained unwritten so the peer still gets a response."""
         if self.error is not None:
             return
+        if self._head_room:
+            kept = data[:self._head_room]
+            self.head += kept
+            self._head_room -= len(kept)
         try:
             self._written += self.file.write(data)
             if self._writeback_from is not None and self._written - self._writeback_from >= EARLY_WRITEBACK:
@@ -290,8 +306,17 @@ def _scan_identifiers(data: bytes, implicit: bool, little: bool, complete: bool)
     )
 
 
-def read_identifiers(path: Path, offset: int, transfer_syntax: str) -> Identifiers:
-    """Parse the top-level elements up to Study Instance UID; raises ValueError if unreadable."""
+def read_identifiers(path: Path, offset: int, transfer_syntax: str,
+                     head: bytes | bytearray | None = None, head_is_whole: bool = False) -> Identifiers:
+    """Parse the top-level elements up to Study Instance UID; raises ValueError if unreadable.
+
+    ``head`` (the start of the data set, kept in memory as it arrived) spares reading the file
+    back when the identifiers are in it; ``head_is_whole`` says it holds the whole data set."""
+    if head and transfer_syntax != _DEFLATED:
+        quick = _scan_identifiers(head, transfer_syntax == _IMPLICIT_LE, transfer_syntax != _EXPLICIT_BE,
+                                  complete=head_is_whole)
+        if quick is not None:
+            return quick
     with open(path, "rb") as fh:
         fh.seek(offset)
         if transfer_syntax != _DEFLATED:

@@ -176,6 +176,26 @@ def test_quick_identifier_scan_agrees_with_pydicom(source: Path) -> None:
     except ValueError:
         pytest.skip("pydicom cannot read this file's data set either")
     assert read_identifiers(source, offset, ts) == expected
+    # From the start of the data set kept in memory; a head cut short falls back to the file.
+    for size in (64 << 10, 100, 9):
+        head = data[offset:offset + size]
+        assert read_identifiers(source, offset, ts, head, offset + len(head) == len(data)) == expected
+
+
+def test_identifiers_come_from_the_head_without_reading_the_file(tmp_path: Path) -> None:
+    from storescpd.storage import read_identifiers
+
+    ctx = make_ctx(tmp_path)
+    event = receive(ctx, CT)
+    staged = ctx.current
+    assert staged is not None and staged.dataset_offset > 0
+    staged.finish(fsync=False)
+    data = staged.path.read_bytes()[staged.dataset_offset:]
+    assert bytes(staged.head) == data[:len(staged.head)] and len(staged.head) == min(len(data), 64 << 10)
+    staged.path.unlink()  # a read of the file would fail now
+    ids = read_identifiers(staged.path, staged.dataset_offset, "1.2.840.10008.1.2.1", staged.head,
+                           staged.head_is_whole_dataset)
+    assert ids.sop_instance_uid == event.request.AffectedSOPInstanceUID
 
 
 def test_no_staging_file_means_out_of_resources_never_success(tmp_path: Path) -> None:
