@@ -66,8 +66,8 @@ RECEIVERS: list[Receiver] = [
              (PYTHON, "-m", "pynetdicom", "storescp", "{port}", "-od", "{out}")),
     Receiver("storescpd", "storescpd", (STORESCPD, "{port}", "-od", "{out}")),
     Receiver("storescpd-fork", "storescpd --fork", (STORESCPD, "--fork", "{port}", "-od", "{out}")),
-    Receiver("storescpd-prefork", "storescpd --prefork",
-             (STORESCPD, "--prefork", "{port}", "-od", "{out}")),
+    Receiver("storescpd-prefork", "storescpd --prefork",  # the default mode, spelled out
+             (STORESCPD, "--prefork", "{port}", "-od", "{out}"), default=False),
     Receiver("storescpd-nofsync", "storescpd --no-fsync",
              (STORESCPD, "--no-fsync", "{port}", "-od", "{out}")),
     Receiver("dcmtk-ignore", "DCMTK storescp --ignore (sender ceiling)",
