@@ -367,13 +367,14 @@ def markdown(results: dict) -> str:
         out.append(f"| {name} | {n} | {m['total_bytes'] / n / 1e6:.3g} MB | {m['total_bytes'] / 1e6:.0f} MB |")
     out.append("")
     out.append("Throughput (wall time = first storescu started .. last storescu exited; median of the "
-               "verified runs). `x +B` / `x fork`: this receiver's speed divided by DCMTK `storescp +B` / "
+               "verified runs; `range` = fastest..slowest of them, for the noise). `x +B` / `x fork`: this "
+               "receiver's speed divided by DCMTK `storescp +B` / "
                "`--fork` in the same cell of this run. RSS: peak over the run of the receiver's whole "
                "process tree (sum) and of its largest single process.")
     out.append("")
-    out.append("| data set | assoc | receiver | status | wall s | obj/s | MB/s | x +B | x fork "
+    out.append("| data set | assoc | receiver | status | wall s | range s | obj/s | MB/s | x +B | x fork "
                "| peak RSS tree MB | peak RSS 1 proc MB | procs |")
-    out.append("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    out.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     order = {r.id: i for i, r in enumerate(RECEIVERS)}
     rows = sorted(results["rows"], key=lambda r: (list(specs).index(r["dataset"]), r["associations"],
                                                    order.get(r["receiver"], 99)))
@@ -384,6 +385,7 @@ def markdown(results: dict) -> str:
         label = RECEIVER_BY_ID[r["receiver"]].label if r["receiver"] in RECEIVER_BY_ID else r["receiver"]
         out.append(
             f"| {r['dataset']} | {r['associations']} | {label} | {status} | {_f(r.get('wall_s'), '.3f')} "
+            f"| {_f(r.get('wall_min_s'), '.2f')}..{_f(r.get('wall_max_s'), '.2f')} "
             f"| {_f(r.get('objects_per_s'), '.0f')} | {_f(r.get('mb_per_s'), '.0f')} "
             f"| {_f(r.get('ratio_dcmtk-B'), '.2f')} | {_f(r.get('ratio_dcmtk-fork'), '.2f')} "
             f"| {_mb(r.get('peak_rss_total'))} | {_mb(r.get('peak_rss_single'))} "
