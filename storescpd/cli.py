@@ -29,8 +29,8 @@ EXIT_USAGE = 1  # DCMTK's command line errors exit with 1
 EXIT_CONFIG = 1
 
 
-class UsageError(Exception):
-    pass
+class UsageError(ConfigError):
+    """A command line (or command file) that cannot be parsed."""
 
 
 class _Parser(argparse.ArgumentParser):

@@ -544,7 +544,10 @@ class Supervisor:
     def _load_from_argv(self) -> Config:
         from .cli import load_config
 
-        config, _control = load_config(self.argv)
+        config, control = load_config(self.argv)
+        if control.get("_help") or control.get("_version") or control.get("_list_ciphers"):
+            raise ConfigError("the command line (or a command file in it) now asks for help, the version or "
+                              "the cipher list instead of a configuration; remove that option to reload")
         return config
 
     def reload(self) -> dict[str, Any]:
@@ -553,7 +556,14 @@ class Supervisor:
         try:
             new = self.reload_config()
         except (ConfigError, OSError, ValueError) as exc:
-            message = str(exc)
+            failure: str | None = str(exc) or type(exc).__name__
+        except Exception as exc:  # a bug of ours must not stop a running daemon either
+            LOG.exception("internal error while reading the new configuration")
+            failure = f"internal error while reading the new configuration: {type(exc).__name__}: {exc}"
+        else:
+            failure = None
+        if failure is not None:
+            message = failure
             LOG.error("reload failed, keeping the running configuration: %s", message)
             self.last_reload = {"result": "failure", "message": message, "time": time.time()}
             self.count("config_reloads.failure")

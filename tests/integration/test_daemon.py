@@ -196,17 +196,35 @@ def write_config(path: Path, **values: object) -> Path:
     return path
 
 
-def test_reload_with_broken_config_keeps_serving(daemon_factory, tmp_path: Path) -> None:
-    cfg = write_config(tmp_path / "storescpd.toml", aetitle="FIRST", workers=2)
-    d = daemon_factory("--config", str(cfg))
-    cfg.write_text("workers = 'many'\n")
+@pytest.mark.parametrize("breakage,reason", [
+    ("toml", "key 'workers' must be an integer"),
+    ("command-file", "--no-such-option"),
+    ("help", "asks for help"),
+])
+def test_reload_with_broken_config_keeps_serving(daemon_factory, tmp_path: Path, breakage: str,
+                                                 reason: str) -> None:
+    first, elsewhere = tmp_path / "first", tmp_path / "elsewhere"
+    first.mkdir()
+    elsewhere.mkdir()
+    cfg = write_config(tmp_path / "storescpd.toml", output_directory=str(first), workers=2)
+    args = tmp_path / "args"  # a DCMTK command file, read again on reload
+    args.write_text(f"--config {cfg}\n")
+    d = daemon_factory(f"@{args}", od=False, output=first)
+    if breakage == "toml":
+        cfg.write_text(f"output_directory = '{elsewhere}'\nworkers = 'many'\n")
+    else:
+        write_config(cfg, output_directory=str(elsewhere), workers=2)
+        args.write_text(f"--config {cfg} {'--no-such-option' if breakage == 'command-file' else '--help'}\n")
     os.kill(d.pid, signal.SIGHUP)
     d.notify.wait_for("RELOADING=1")
-    time.sleep(0.5)
+    d.notify.wait_for("READY=1", after="RELOADING=1")
     messages = "\n".join(d.notify.drain())
-    assert "reload failed" in messages and "key 'workers' must be an integer" in messages
-    result = echoscu(d.port, "-aec", "FIRST")
-    assert result.returncode == 0
+    assert "reload failed" in messages and reason in messages, messages
+    assert d.proc is not None and d.proc.poll() is None, d.log()
+    # The old configuration is still the one in force: the object lands in the first directory.
+    assert storescu(d.port, [TEST_FILES / "CT_small.dcm"]).returncode == 0
+    assert [p.parent for p in d.stored_files()] == [first]
+    assert list(elsewhere.iterdir()) == []
     assert "reload failed, keeping the running configuration" in d.log()
 
 
