@@ -219,6 +219,7 @@ class Association:
         self._send_lock = threading.Lock()
         self._aborted_locally = False
         self._owner = threading.get_ident()  # the thread that reads and writes the association
+        self._deadline: float | None = None  # while set, all reads together must end by then
         self.request: acse.AssociateRequest | None = None
 
     # ---- socket I/O ---------------------------------------------------------
@@ -244,6 +245,11 @@ class Association:
             self._buffer, self._view = fresh, memoryview(fresh)
             self._pos, self._end = 0, pending
         while self._end - self._pos < n:
+            if self._deadline is not None:
+                remaining = self._deadline - time.monotonic()
+                if remaining <= 0:
+                    raise PeerGone("timed out waiting for the peer")
+                self.sock.settimeout(remaining)
             try:
                 k = self.sock.recv_into(self._view[self._end:], len(self._buffer) - self._end)
             except socket.timeout:
@@ -294,8 +300,14 @@ class Association:
 
     # ---- association establishment ------------------------------------------
     def establish(self) -> bool:
+        # -ta bounds the whole A-ASSOCIATE-RQ, not each read: a byte now and then does not hold us.
         self.sock.settimeout(self.config.acse_timeout)
-        pdu_type, body = self.read_pdu()
+        if self.config.acse_timeout:
+            self._deadline = time.monotonic() + self.config.acse_timeout
+        try:
+            pdu_type, body = self.read_pdu()
+        finally:
+            self._deadline = None
         if pdu_type != PDU_ASSOCIATE_RQ:
             raise ProtocolError(f"expected A-ASSOCIATE-RQ, got PDU type 0x{pdu_type:02x}")
         try:

@@ -32,6 +32,9 @@ TICK_SECONDS = 0.5
 HANDLED_SIGNALS = ("SIGTERM", "SIGINT", "SIGQUIT", "SIGHUP", "SIGCHLD", "SIGTTIN", "SIGTTOU")
 CRASH_WINDOW_SECONDS = 10.0
 MAX_PENDING = 512  # silent connections held at once; past this the oldest is closed
+# A plain DICOM connection goes to a worker once its whole A-ASSOCIATE-RQ has arrived (or this much
+# of it): a peer that sends its request a byte at a time waits here, not in a worker.
+REQUEST_PEEK = 64 << 10
 CRASH_LIMIT = 10  # worker deaths without any association served in the window: stop re-forking
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -267,9 +270,32 @@ class Supervisor:
             self._close_silent(oldest)
 
     def connection_readable(self, conn: socket.socket) -> None:
-        pending = self.pending.pop(conn.fileno())
+        pending = self.pending[conn.fileno()]
+        if pending.role == "dicom" and not self._request_arrived(pending):
+            return
+        del self.pending[conn.fileno()]
         self.selector.unregister(conn)
         self.ready_queue.append(pending)
+
+    def _request_arrived(self, p: Pending) -> bool:
+        """Whether the connection's first PDU is all here (peeked, not read). Until it is, the
+        socket's receive low-water mark makes it readable only once the rest can be."""
+        try:
+            head = p.sock.recv(REQUEST_PEEK, socket.MSG_PEEK)
+        except (BlockingIOError, InterruptedError):
+            return False
+        except OSError:
+            head = b""
+        if not head:  # closed (or reset) before sending a request: nothing for a worker to do
+            self._drop_pending(p)
+            return False
+        needed = 6 if len(head) < 6 else min(6 + int.from_bytes(head[2:6], "big"), REQUEST_PEEK)
+        complete = len(head) >= needed
+        try:
+            p.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, 1 if complete else needed)
+        except OSError:
+            return True  # cannot wait for the rest here: the worker's deadline still bounds it
+        return complete
 
     def expire_pending(self) -> None:
         limit = time.monotonic() - self.config.acse_timeout

@@ -123,6 +123,66 @@ def test_idle_connections_do_not_block_an_echo(daemon_factory) -> None:
             s.close()
 
 
+class SlowSender:
+    """Sends the start of an A-ASSOCIATE-RQ a byte at a time (a slow-loris peer), in a thread."""
+
+    def __init__(self, port: int, interval: float) -> None:
+        from tests.integration.test_protocol_abuse import associate_rq
+
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+        self.request = associate_rq()
+        self.interval = interval
+        self.closed_after: float | None = None
+        self.started = time.monotonic()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        for byte in self.request[:-1]:  # never the whole request
+            try:
+                self.sock.sendall(bytes([byte]))
+            except OSError:
+                break
+            time.sleep(self.interval)
+            if time.monotonic() - self.started > 30:
+                break
+        self.closed_after = time.monotonic() - self.started
+
+    def close(self) -> None:
+        self.sock.close()
+        self.thread.join(35)
+
+
+@pytest.mark.parametrize("mode", [("--workers", "2"), ("--fork",)], ids=["prefork", "fork"])
+def test_slow_association_requests_never_hold_the_workers(daemon_factory, mode: tuple[str, ...]) -> None:
+    d = daemon_factory(*mode, "--max-associations", "2", "-ta", "3")
+    slow = [SlowSender(d.port, 0.5) for _ in range(4)]
+    try:
+        time.sleep(1.5)  # every slow peer has sent a few bytes by now
+        started = time.monotonic()
+        result = echoscu(d.port, timeout=20)
+        elapsed = time.monotonic() - started
+        assert result.returncode == 0, result.stderr + d.log()
+        assert elapsed < 2.0, f"C-ECHO took {elapsed:.2f} s behind 4 slow association requests"
+        for peer in slow:  # -ta bounds the whole request, however steadily the bytes come
+            peer.thread.join(15)
+            assert peer.closed_after is not None and peer.closed_after < 8, peer.closed_after
+    finally:
+        for peer in slow:
+            peer.close()
+
+
+def test_single_process_acse_timeout_bounds_the_whole_request(daemon_factory) -> None:
+    d = daemon_factory("--single-process", "-ta", "2")
+    peer = SlowSender(d.port, 0.3)
+    try:
+        peer.thread.join(15)
+        assert peer.closed_after is not None and peer.closed_after < 6, peer.closed_after
+        assert echoscu(d.port, timeout=20).returncode == 0
+    finally:
+        peer.close()
+
+
 def test_idle_connection_closed_after_acse_timeout(daemon_factory) -> None:
     d = daemon_factory("-ta", "1")
     s = socket.create_connection(("127.0.0.1", d.port), timeout=10)
