@@ -39,7 +39,10 @@ ENVIRONMENT = {
     "peer": "STORESCPD_PEER",
 }
 EVENT_VARIABLE = "STORESCPD_EVENT"  # "reception" or "end-of-study"
-PEER_CONTROLLED = ("#a", "#c")  # values a peer chooses freely (a study folder and #r are ours)
+# Values a peer chooses: its AE titles, and #r, its host name from whoever controls the PTR record.
+# The folder (#p) and file name (#f) are ours.
+PEER_CONTROLLED = ("#a", "#c", "#r")
+END_OF_OPTIONS = "--"
 _PLACEHOLDER = re.compile("#[pfacr]")
 # Never handed to a hook: systemd's channels belong to the daemon alone.
 _PRIVATE_VARIABLES = ("NOTIFY_SOCKET", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "WATCHDOG_USEC",
@@ -169,27 +172,63 @@ def command_warnings(command: str | None, option: str) -> list[str]:
                         "(as in DCMTK)")
     seen_end_of_options = False
     for arg in argv[1:]:
-        if arg == "--":
+        if arg == END_OF_OPTIONS:
             seen_end_of_options = True
         elif not seen_end_of_options and arg.startswith(PEER_CONTROLLED):
             warnings.append(
-                f"{option}: the argument {arg!r} begins with a value the peer chooses; an AE title "
-                f"such as '-rf' reaches {argv[0]} as an option unless '--' comes before it")
+                f"{option}: the argument {arg!r} begins with a value the peer chooses; when that value "
+                f"begins with '-' (an AE title such as '-rf') the hook is not run for that object, so "
+                f"{argv[0]} never reads it as an option; write '--' before it ({argv[0]} -- {arg}) if "
+                f"{argv[0]} accepts '--' and such values should reach it")
             break
     return warnings
+
+
+class OptionInjection(ValueError):
+    """A value from the peer would begin an argument with '-' (read as an option): not run."""
+
+    def __init__(self, placeholder: str, value: str, argument: str) -> None:
+        super().__init__(placeholder, value, argument)
+        self.placeholder = placeholder
+        self.value = value
+        self.argument = argument  # as configured, placeholder still in it
 
 
 def substitute(argv: tuple[str, ...] | list[str], values: dict[str, str]) -> list[str]:
     """Each placeholder replaced inside its own argument, in one pass (a value is never re-read).
 
     A placeholder whose value is not given stays as written (DCMTK leaves #f of -xcs alone).
+    Raises OptionInjection when a peer's value would begin an argument with '-' and no '--'
+    comes before that argument: the program would read it as an option (an AE title '-rf').
     """
     def one(match: re.Match[str]) -> str:
         name = PLACEHOLDERS[match.group(0)]
         value = values.get(name)
         return match.group(0) if value is None else _argument_safe(value)
 
+    end_of_options = False
+    for arg in argv[1:]:
+        if arg == END_OF_OPTIONS:
+            end_of_options = True
+        elif not end_of_options:
+            _refuse_leading_option(arg, values)
     return [_PLACEHOLDER.sub(one, arg) for arg in argv]
+
+
+def _refuse_leading_option(arg: str, values: dict[str, str]) -> None:
+    """OptionInjection if the value of a peer-controlled placeholder begins ``arg``: the first
+    placeholder, or a later one when all those before it are empty."""
+    pos = 0
+    while (match := _PLACEHOLDER.match(arg, pos)) is not None:
+        value = values.get(PLACEHOLDERS[match.group(0)])
+        if value is None:
+            return  # stays as written: begins with '#'
+        value = _argument_safe(value)
+        if value:
+            if value.startswith("-") and match.group(0) in PEER_CONTROLLED:
+                raise OptionInjection(match.group(0), value, arg)
+            return
+        pos = match.end()
 
 
 def _argument_safe(value: str) -> str:
@@ -211,7 +250,7 @@ class RunningHook:
     pid: int
     label: str
     started: float
-    deadline: float
+    deadline: float  # monotonic; inf without a timeout
     output: int  # read end of the stdout/stderr pipe
     tail: bytearray = field(default_factory=bytearray)
     killed: bool = False
@@ -297,7 +336,9 @@ class HookRunner:
                       exc.strerror or exc)
             return None
         now = self.clock()
-        return RunningHook(pid, request.label, now, now + self.timeout, output)
+        # The timeout in force when the hook starts: a reload changes it for later hooks only.
+        deadline = now + self.timeout if self.timeout else float("inf")
+        return RunningHook(pid, request.label, now, deadline, output)
 
     def _start(self, request: HookRequest) -> int | None:
         hook = self._spawn(request)
@@ -313,11 +354,8 @@ class HookRunner:
         now = self.clock()
         for hook in list(self.running.values()):
             _read_available(hook)
-            if not hook.killed and self.timeout and now >= hook.deadline:
-                LOG.warning("%s (pid %d) still running after %d s: killing it", hook.label, hook.pid,
-                            self.timeout)
-                hook.killed = True
-                _kill_group(hook.pid)
+            if not hook.killed and now >= hook.deadline:
+                _kill_overdue(hook, now)
         while self.queue and len(self.running) < self.max_running:
             self._start(self.queue.popleft())
 
@@ -364,12 +402,10 @@ class HookRunner:
             if done:
                 _read_available(hook)
                 return os.waitstatus_to_exitcode(status)
-            left = hook.deadline - self.clock() if self.timeout else 0.2
-            if self.timeout and left <= 0 and not hook.killed:
-                LOG.warning("%s (pid %d) still running after %d s: killing it", hook.label, hook.pid,
-                            self.timeout)
-                hook.killed = True
-                _kill_group(hook.pid)
+            now = self.clock()
+            left = min(hook.deadline - now, 0.2)
+            if left <= 0 and not hook.killed:
+                _kill_overdue(hook, now)
             if open_output:
                 readable, _, _ = select.select([hook.output], [], [], min(max(left, 0.01), 0.2))
                 if readable and not _read_available(hook):
@@ -393,6 +429,13 @@ def _read_available(hook: RunningHook) -> bool:
             return False
         hook.tail += chunk
         del hook.tail[:-OUTPUT_TAIL_BYTES]
+
+
+def _kill_overdue(hook: RunningHook, now: float) -> None:
+    LOG.warning("%s (pid %d) still running after %d s: killing it", hook.label, hook.pid,
+                round(now - hook.started))
+    hook.killed = True
+    _kill_group(hook.pid)
 
 
 def _kill_group(pid: int) -> None:

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Callable, Protocol
 
 from .config import Config
-from .hooks import HookRequest, HookRunner, environment, split_command, substitute
+from .hooks import HookRequest, HookRunner, OptionInjection, environment, split_command, substitute
 from .sop_classes import file_prefix
 from .storage import UnsafeName, fsync_dir
 
@@ -36,6 +36,7 @@ LOG = logging.getLogger("storescpd.studies")
 RECEPTION = "reception"
 END_OF_STUDY = "end-of-study"
 HOOK_OPTIONS = {RECEPTION: "--exec-on-reception", END_OF_STUDY: "--exec-on-eostudy"}
+VALUE_NAMES = {"#a": "calling AE title", "#c": "called AE title", "#r": "peer host name"}
 MAX_FOLDER_NAME = 255  # bytes in one path component (ext4, xfs)
 MAX_PATIENT_PART = MAX_FOLDER_NAME - len("_YYYYMMDD_HHMMSSPPP") - 8  # room for the timestamp
 
@@ -181,6 +182,10 @@ class Study:
     senders: set[str] = field(default_factory=set)
     superseded: bool = False
     values: dict[str, str] = field(default_factory=dict)  # #a #c #r of its last object
+    # Where it began, kept across a reload that changes -od: its files stay there, -rns renames
+    # them there and #p names that folder. output_directory is as configured (#p), directory absolute.
+    output_directory: str = ""
+    directory: str = ""
 
     def as_dict(self) -> dict[str, Any]:
         return {"study_uid": self.uid, "folder": self.folder, "files": len(self.files),
@@ -196,13 +201,15 @@ class TrackerSettings:
     output_directory: str  # as configured: #p is built from it, as DCMTK does
     on_reception: bool
     on_end_of_study: bool
+    absolute_output_directory: str = ""  # where the folders are (default: output_directory)
 
     @classmethod
     def from_config(cls, config: Config) -> "TrackerSettings":
         sort = config.sort or [None, ""]
         return cls(sort[0], sort[1] if len(sort) > 1 else "", bool(config.rename_on_eostudy),
                    float(config.eostudy_timeout or 0), str(config.output_directory),
-                   bool(config.exec_on_reception), bool(config.exec_on_eostudy))
+                   bool(config.exec_on_reception), bool(config.exec_on_eostudy),
+                   str(Path(config.output_directory).resolve()))
 
 
 class StudyTracker:
@@ -219,16 +226,31 @@ class StudyTracker:
         self.settings = settings
         self.open: dict[str, Study] = {}
 
-    def place(self, sender: str, study_uid: str, patient: str, now: float, wall: float) -> tuple[str, list[dict]]:
-        """The folder for an object of ``study_uid`` from ``sender``; the studies this ends."""
+    def place(self, sender: str, study_uid: str, patient: str, now: float, wall: float,
+              output_directory: str | None = None, absolute: str | None = None) -> tuple[str, list[dict]]:
+        """The folder for an object of ``study_uid`` from ``sender``; the studies this ends.
+
+        ``output_directory`` (as configured) and ``absolute`` are where the asking process stores:
+        a worker still serving an association begun before a reload keeps the old -od.
+        """
+        if output_directory is None:
+            output_directory, absolute = self.settings.output_directory, self._absolute_output_directory()
+        absolute = absolute or os.path.abspath(output_directory)
         if not study_uid:
             raise UnsafeName("element StudyInstanceUID (0020,000d) absent or empty in data set")
         if self.settings.sort is None:
             return "", []
+        ended: list[dict] = []
         study = self.open.get(study_uid)
+        if study is not None and study.directory != os.path.join(absolute, study.folder):
+            # -od changed by a reload: new objects go to the new directory, a study never spans two.
+            LOG.info("end of study %s (the output directory changed): %s", study.uid, study.directory)
+            ended = self._end(study)
+            study = None
         if study is None:
-            folder = self._new_folder(study_uid, patient, wall)
-            study = self.open[study_uid] = Study(study_uid, folder, now)
+            folder = self._new_folder(study_uid, patient, wall, absolute)
+            study = self.open[study_uid] = Study(study_uid, folder, now, output_directory=output_directory,
+                                                 directory=os.path.join(absolute, folder))
         if sender:
             study.senders.add(sender)
         study.superseded = False  # an object of it arrived after whatever came before
@@ -236,10 +258,10 @@ class StudyTracker:
             if other is not study:
                 other.superseded = True
                 other.senders.discard(sender)  # this association has moved on to another study
-        return study.folder, self._end_finished(now)
+        return study.folder, ended + self._end_finished(now)
 
-    def _new_folder(self, study_uid: str, patient: str, wall: float) -> str:
-        in_use = {s.folder for s in self.open.values()}
+    def _new_folder(self, study_uid: str, patient: str, wall: float, absolute: str) -> str:
+        in_use = {s.folder for s in self.open.values() if s.directory == os.path.join(absolute, s.folder)}
         name = folder_name(self.settings.sort, self.settings.prefix, study_uid, patient, wall)  # type: ignore[arg-type]
         # Two studies beginning in the same millisecond (concurrent senders) get distinct folders.
         while name in in_use and self.settings.sort != "studyuid":
@@ -248,8 +270,9 @@ class StudyTracker:
         return name
 
     def stored(self, sender: str, study_uid: str | None, folder: str, file: str, prefix: str,
-               values: dict[str, str], now: float) -> list[dict]:
-        """An object was stored as ``folder``/``file`` (file "" with --ignore)."""
+               values: dict[str, str], now: float, output_directory: str | None = None) -> list[dict]:
+        """An object was stored as ``folder``/``file`` (file "" with --ignore) under
+        ``output_directory`` (as the storing process has it configured)."""
         actions = []
         study = self.open.get(study_uid or "")
         if study is not None and study.folder == folder:
@@ -260,7 +283,9 @@ class StudyTracker:
             if file and not any(f["file"] == file for f in study.files):
                 study.files.append({"file": file, "prefix": prefix})
         if self.settings.on_reception:
-            path = self._path(folder) if file else ""
+            if output_directory is None and study is not None and study.folder == folder:
+                output_directory = study.output_directory
+            path = self._path(folder, output_directory) if file else ""
             actions.append(_hook(RECEPTION, {**values, "path": path, "file": file}))
         return actions
 
@@ -295,13 +320,20 @@ class StudyTracker:
         del self.open[study.uid]
         actions: list[dict] = []
         if self.settings.rename and study.files:
-            actions.append({"action": "rename", "folder": study.folder, "files": list(study.files)})
+            actions.append({"action": "rename", "folder": study.folder, "directory": study.directory,
+                            "files": list(study.files)})
         if self.settings.on_end_of_study:
-            actions.append(_hook(END_OF_STUDY, {**study.values, "path": self._path(study.folder)}))
+            actions.append(_hook(END_OF_STUDY, {**study.values,
+                                                "path": self._path(study.folder, study.output_directory)}))
         return actions
 
-    def _path(self, folder: str) -> str:
-        return os.path.join(self.settings.output_directory, folder) if folder else self.settings.output_directory
+    def _path(self, folder: str, output_directory: str | None = None) -> str:
+        """#p: the output directory as configured (when the study began), plus the folder."""
+        base = self.settings.output_directory if output_directory is None else output_directory
+        return os.path.join(base, folder) if folder else base
+
+    def _absolute_output_directory(self) -> str:
+        return self.settings.absolute_output_directory or os.path.abspath(self.settings.output_directory)
 
     def snapshot(self) -> list[dict[str, Any]]:
         return [s.as_dict() for s in self.open.values()]
@@ -324,8 +356,17 @@ def hook_request(config: Config, action: dict[str, Any]) -> HookRequest | None:
     values = dict(action["values"])
     if action["event"] == END_OF_STUDY:
         values.pop("file", None)  # #f is not available at the end of a study (DCMTK leaves it)
-    argv = substitute(split_command(command), values)
-    return HookRequest(HOOK_OPTIONS[action["event"]], argv, environment(values, action["event"]))
+    label = HOOK_OPTIONS[action["event"]]
+    try:
+        argv = substitute(split_command(command), values)
+    except OptionInjection as exc:
+        program = split_command(command)[0]
+        LOG.error("%s not run: the %s (%s) %r would begin the argument %r of %s, which would read "
+                  "it as an option; write '--' before that argument (%s -- %s) if %s should accept "
+                  "values beginning with '-'", label, VALUE_NAMES.get(exc.placeholder, exc.placeholder),
+                  exc.placeholder, exc.value, exc.argument, program, program, exc.argument, program)
+        return None
+    return HookRequest(label, argv, environment(values, action["event"]))
 
 
 # ---- carrying the actions out -------------------------------------------------------------
@@ -345,8 +386,10 @@ class StudyService:
         self.deferred: dict[str, list[dict]] = {}
 
     def reconfigure(self, config: Config) -> None:
+        """A reload: open studies keep their folders; later hooks get the new timeout."""
         self.config = config
         self.tracker.settings = TrackerSettings.from_config(config)
+        self.runner.timeout = config.hook_timeout
 
     @property
     def output_dir(self) -> Path:
@@ -357,7 +400,8 @@ class StudyService:
         try:
             folder, ended = self.tracker.place(sender, str(request.get("study_uid") or ""),
                                                str(request.get("patient") or ""), time.monotonic(),
-                                               float(request.get("wall") or time.time()))
+                                               float(request.get("wall") or time.time()),
+                                               request.get("output_directory"), request.get("directory"))
         except UnsafeName as exc:
             return {"error": str(exc)}
         if ended:
@@ -370,7 +414,8 @@ class StudyService:
         """A worker's "study_stored"; returns the hook actions it must run itself (-xs)."""
         actions = self.tracker.stored(sender, report.get("study_uid"), str(report.get("folder") or ""),
                                       str(report.get("file") or ""), str(report.get("prefix") or ""),
-                                      dict(report.get("values") or {}), time.monotonic())
+                                      dict(report.get("values") or {}), time.monotonic(),
+                                      report.get("output_directory"))
         return self.carry_out(actions + self.deferred.pop(sender, []), report.get("sync", False))
 
     def sender_done(self, sender: str) -> None:
@@ -387,7 +432,8 @@ class StudyService:
         handed_back = []
         for action in actions:
             if action["action"] == "rename":
-                rename_study(self.output_dir / action["folder"], action["files"], self.config.fsync)
+                directory = Path(action.get("directory") or self.output_dir / action["folder"])
+                rename_study(directory, action["files"], self.config.fsync)
                 continue
             if hand_back:
                 handed_back.append(action)
@@ -510,7 +556,9 @@ class StudyClient:
         patient = ""
         if self.config.sort[0] == "patientname":
             patient = patient_folder_part(ids.patient_name, ids.specific_character_set)
-        reply = self.transport.place({"study_uid": uid, "patient": patient, "wall": time.time()})
+        reply = self.transport.place({"study_uid": uid, "patient": patient, "wall": time.time(),
+                                      "output_directory": str(self.config.output_directory),
+                                      "directory": str(ctx.output_dir)})
         if not reply or reply.get("error"):
             raise UnsafeName((reply or {}).get("error") or "no study folder (supervisor unavailable)")
         folder = reply["folder"]
@@ -537,6 +585,7 @@ class StudyClient:
         report = {
             "study_uid": uid, "folder": folder, "file": path.name if path else "",
             "prefix": renamed_prefix(sop_class), "values": self.values(ctx),
+            "output_directory": str(self.config.output_directory),
         }
         sync = bool(self.config.exec_sync)
         for action in self.transport.stored(report, sync):

@@ -14,6 +14,7 @@ import pytest
 from storescpd.hooks import (
     HookRequest,
     HookRunner,
+    OptionInjection,
     command_problem,
     command_warnings,
     environment,
@@ -26,8 +27,33 @@ INJECTIONS = ['x";touch PWNED;"', "$(id)", "`id`", "-rf", "a b", "1.2;3", "'; rm
 
 @pytest.mark.parametrize("value", INJECTIONS)
 def test_a_value_is_exactly_one_argument(value: str) -> None:
-    argv = substitute(split_command("/usr/bin/process --ae=#a #a -- #c"), {"calling_ae": value, "called_ae": value})
-    assert argv == ["/usr/bin/process", f"--ae={value}", value, "--", value]
+    argv = substitute(split_command("/usr/bin/process --ae=#a -- #a #c"), {"calling_ae": value, "called_ae": value})
+    assert argv == ["/usr/bin/process", f"--ae={value}", "--", value, value]
+
+
+@pytest.mark.parametrize("command, values", [
+    ("prog #a", {"calling_ae": "-rf"}),
+    ("prog '#a'", {"calling_ae": "-rf"}),  # quotes in the command change nothing
+    ("prog x #c", {"called_ae": "--output=/etc/passwd"}),
+    ("prog #r", {"peer": "-oProxyCommand=id"}),  # a PTR record says what #r is
+    ("prog #a#c", {"calling_ae": "", "called_ae": "-rf"}),  # an empty value before does not help
+    ("prog #a -- #c", {"calling_ae": "-rf", "called_ae": "C"}),  # '--' after it does not either
+])
+def test_a_peer_value_that_would_be_an_option_is_refused(command: str, values: dict[str, str]) -> None:
+    with pytest.raises(OptionInjection) as refused:
+        substitute(split_command(command), values)
+    assert refused.value.value.startswith("-")
+
+
+@pytest.mark.parametrize("command, expected", [
+    ("prog -- #a", ["prog", "--", "-rf"]),
+    ("prog -v -- x #a", ["prog", "-v", "--", "x", "-rf"]),
+    ("prog x#a", ["prog", "x-rf"]),
+    ("prog --ae=#a", ["prog", "--ae=-rf"]),
+    ("prog #p/#a", ["prog", "/out/-rf"]),  # #p is ours
+])
+def test_a_peer_value_starting_with_a_dash_is_one_argument_where_safe(command: str, expected: list[str]) -> None:
+    assert substitute(split_command(command), {"calling_ae": "-rf", "path": "/out"}) == expected
 
 
 def test_substitution_is_one_pass_and_leaves_unknown_placeholders() -> None:
@@ -184,3 +210,30 @@ def test_hook_timeout_comes_from_the_configuration(tmp_path: Path) -> None:
     values = {**cfg.defaults(), "output_directory": str(tmp_path), "exec_on_reception": "/bin/true #f",
               "hook_timeout": 7}
     assert StudyService(cfg.Config(values), can_block=False).runner.timeout == 7
+
+
+def test_a_reloaded_hook_timeout_applies_to_hooks_started_after_it(tmp_path: Path) -> None:
+    from storescpd import config as cfg
+    from storescpd.studies import StudyService
+
+    values = {**cfg.defaults(), "output_directory": str(tmp_path), "exec_on_reception": "/bin/true #f",
+              "hook_timeout": 7}
+    service = StudyService(cfg.Config(values), can_block=False)
+    service.reconfigure(cfg.Config({**values, "hook_timeout": 3}))
+    assert service.runner.timeout == 3
+
+
+def test_a_hook_started_without_a_timeout_keeps_none_after_a_reload_sets_one(tmp_path: Path) -> None:
+    clock = [0.0]
+    runner = HookRunner(timeout=0, clock=lambda: clock[0])
+    pid = runner.start(request(["/bin/sh", "-c", "exec sleep 30"], {}))
+    assert pid is not None
+    try:
+        runner.timeout = 5  # a reload; before the fix, the old hook's deadline was its start
+        clock[0] = 10.0
+        runner.poll()
+        assert _alive(pid) and not runner.running[pid].killed
+    finally:
+        os.kill(pid, 9)
+        _, status = os.waitpid(pid, 0)
+        runner.exited(pid, os.waitstatus_to_exitcode(status))

@@ -12,6 +12,7 @@ from storescpd.storage import UnsafeName
 from storescpd.studies import (
     END_OF_STUDY,
     RECEPTION,
+    StudyService,
     StudyTracker,
     TrackerSettings,
     check_folder,
@@ -273,3 +274,58 @@ def test_hook_request_substitutes_inside_arguments() -> None:
     end = hook_request(cfg, {"action": "hook", "event": END_OF_STUDY, "values": vals})
     assert end is not None and end.argv == ["/bin/echo", "/out/PFX_1", "#f"]  # #f stays, as in DCMTK
     assert "STORESCPD_FILE" not in end.env
+
+
+def service_with_recorded_hooks(cfg: Config) -> tuple[StudyService, list[list[str]]]:
+    service = StudyService(cfg, can_block=False)
+    started: list[list[str]] = []
+    service.runner.start = lambda request: started.append(request.argv)  # type: ignore[method-assign]
+    return service, started
+
+
+def store(service: StudyService, uid: str, file: str, **where: str) -> str:
+    folder = service.place("S1", {"study_uid": uid, "wall": WALL, **where})["folder"]
+    service.stored("S1", {"study_uid": uid, "folder": folder, "file": file, "prefix": "CT",
+                          "values": values("AE"), **where})
+    return folder
+
+
+def test_a_study_begun_before_a_reload_is_renamed_and_announced_where_its_files_are(tmp_path: Path) -> None:
+    old, new = tmp_path / "old", tmp_path / "new"
+    old.mkdir(); new.mkdir()
+    cfg = config(output_directory=str(old), sort=["concurrent", "PFX"], rename_on_eostudy=True,
+                 exec_on_eostudy="/bin/echo #p")
+    service, started = service_with_recorded_hooks(cfg)
+    folder = store(service, "1.2.3", "CT.1")
+    (old / folder).mkdir()
+    (old / folder / "CT.1").write_text("object")
+
+    service.reconfigure(cfg.replace(output_directory=str(new)))
+    store(service, "1.2.4", "CT.2")  # another study: 1.2.3 ends
+    assert (old / folder / "CT000001").read_text() == "object"
+    assert started == [["/bin/echo", str(old / folder)]]
+
+
+def test_a_study_never_spans_two_output_directories(tmp_path: Path) -> None:
+    cfg = config(output_directory="old", sort=["studyuid", ""], exec_on_eostudy="/bin/echo #p")
+    service, started = service_with_recorded_hooks(cfg)
+    where_old = {"output_directory": "old", "directory": str(tmp_path / "old")}
+    store(service, "1.2.3", "CT.1", **where_old)
+    service.reconfigure(cfg.replace(output_directory="new"))
+    store(service, "1.2.3", "CT.2", **where_old)  # a worker of before the reload: same study
+    assert started == []
+    store(service, "1.2.3", "CT.3", output_directory="new", directory=str(tmp_path / "new"))
+    assert started == [["/bin/echo", "old/1.2.3"]]  # ended in the old directory, begun in the new
+    assert [s["folder"] for s in service.tracker.snapshot()] == ["1.2.3"]
+    assert service.tracker.open["1.2.3"].directory == str(tmp_path / "new" / "1.2.3")
+
+
+def test_a_peer_value_that_would_be_an_option_does_not_run_the_hook(caplog: pytest.LogCaptureFixture) -> None:
+    cfg = config(exec_on_reception="/usr/bin/prog #a")
+    vals = {"path": "/out", "file": "CT.1", "calling_ae": "-rf\n", "called_ae": "C", "peer": "h"}
+    assert hook_request(cfg, {"action": "hook", "event": RECEPTION, "values": vals}) is None
+    assert "--exec-on-reception not run" in caplog.text and "(#a) '-rf\\n'" in caplog.text
+    assert "/usr/bin/prog -- #a" in caplog.text
+    safe = config(exec_on_reception="/usr/bin/prog -- #a")
+    request = hook_request(safe, {"action": "hook", "event": RECEPTION, "values": vals})
+    assert request is not None and request.argv == ["/usr/bin/prog", "--", "-rf\n"]
