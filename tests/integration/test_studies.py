@@ -198,15 +198,35 @@ def test_peer_values_reach_hooks_as_single_arguments_and_run_nothing(mode: str, 
                                                                      tmp_path: Path) -> None:
     files = make_objects(tmp_path / "objects")
     script, calls = recorder(tmp_path, "hook")
-    daemon = daemon_factory(mode, "-su", "", "-xcr", f"{script} #a #c #p #f", "-xcs", f"{script} end #a #p")
+    # '--' first: a title such as '-rf' may begin an argument (without it the hook would not run).
+    daemon = daemon_factory(mode, "-su", "", "-xcr", f"{script} -- #a #c #p #f", "-xcs", f"{script} end #a #p")
     dataset = pydicom.dcmread(files["A1"])
     for title in EVIL_AE_TITLES:
         assert pynetdicom_send(daemon.port, title, dataset) == 0x0000
     received = wait_calls(calls, len(EVIL_AE_TITLES))
     assert sorted(c["argv"] for c in received) == sorted(  # asynchronous hooks: any order
-        [title, "STORESCP", str(daemon.output / STUDIES["A"][0]), "CT.1.2.826.0.1.3680043.2.1143.78.1"]
+        ["--", title, "STORESCP", str(daemon.output / STUDIES["A"][0]), "CT.1.2.826.0.1.3680043.2.1143.78.1"]
         for title in EVIL_AE_TITLES)
     assert not list(tmp_path.rglob("PWNED")) and not Path("/PWNED").exists()
+
+
+@pytest.mark.parametrize("mode", ["--single-process", "--prefork"])
+def test_a_calling_ae_title_that_would_be_an_option_does_not_run_the_hook(mode: str, daemon_factory,
+                                                                          tmp_path: Path) -> None:
+    files = make_objects(tmp_path / "objects")
+    script, calls = recorder(tmp_path, "hook")
+    daemon = daemon_factory(mode, "-xcr", f"{script} #a #f")
+    result = storescu(daemon.port, [files["A1"]], "-aet", "-rf")
+    assert result.returncode == 0, result.stderr  # the C-STORE succeeds all the same
+    assert (daemon.output / "CT.1.2.826.0.1.3680043.2.1143.78.1").is_file()
+    assert storescu(daemon.port, [files["A2"]], "-aet", "SAFE").returncode == 0
+    (call,) = wait_calls(calls, 1)  # only the second object's hook ran
+    assert call["argv"][0] == "SAFE"
+    deadline = time.monotonic() + 10
+    while "not run" not in daemon.log() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert "--exec-on-reception not run" in daemon.log() and "(#a) '-rf'" in daemon.log()
+    assert len(wait_calls(calls, 1)) == 1
 
 
 @pytest.mark.filterwarnings("ignore:Invalid value for VR UI")
