@@ -289,7 +289,12 @@ class Supervisor:
         if not head:  # closed (or reset) before sending a request: nothing for a worker to do
             self._drop_pending(p)
             return False
-        needed = 6 if len(head) < 6 else min(6 + int.from_bytes(head[2:6], "big"), REQUEST_PEEK)
+        if head[0] != engine.PDU_ASSOCIATE_RQ:
+            return True  # not an association request: the worker answers it with an A-ABORT now
+        announced = int.from_bytes(head[2:6], "big") if len(head) >= 6 else 0
+        if announced > engine.MAX_ASSOCIATE_PDU:
+            return True  # a request too large to accept: the worker aborts it now
+        needed = 6 if len(head) < 6 else min(6 + announced, REQUEST_PEEK)
         complete = len(head) >= needed
         try:
             p.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, 1 if complete else needed)
