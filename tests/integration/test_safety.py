@@ -94,6 +94,18 @@ def test_command_and_dataset_uids_differ(daemon_factory, tmp_path: Path) -> None
     assert "differs from the C-STORE request" in d.log()
 
 
+def test_command_and_dataset_sop_classes_differ(daemon_factory, tmp_path: Path) -> None:
+    ct, mr = "1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.5.1.4.1.1.4"  # same length: patched in place
+    path = crafted_file(tmp_path / "class.dcm", "1.2.3.4", "1.2.3.4")
+    data = path.read_bytes()
+    path.write_bytes(data.replace(ct.encode() + b"\0", mr.encode() + b"\0", 1))  # the meta's copy only
+    assert pydicom.dcmread(path).SOPClassUID == ct
+    d = daemon_factory()
+    assert send_raw(d.port, path) == STATUS_DATASET_DOES_NOT_MATCH
+    assert d.stored_files() == []
+    assert "SOP Class UID of the data set" in d.log()
+
+
 def test_disk_full_answers_out_of_resources_and_recovers(daemon_factory, tmp_path: Path) -> None:
     if os.geteuid() != 0:
         pytest.skip("mounting a small tmpfs needs root (CI runs as root)")

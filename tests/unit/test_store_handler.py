@@ -209,3 +209,33 @@ def test_no_staging_file_means_out_of_resources_never_success(tmp_path: Path) ->
     event = SimpleNamespace(request=command, context=SimpleNamespace(transfer_syntax="1.2.840.10008.1.2.1"))
     assert handle_store(event, ctx) == STATUS_OUT_OF_RESOURCES
     assert published(tmp_path) == []
+
+
+def test_success_only_after_file_fsync_rename_and_directory_fsync(tmp_path: Path, monkeypatch) -> None:
+    """Issue 2's order: fsync the data, rename into place, fsync the directory, then 0x0000."""
+    import os
+    import stat
+
+    steps: list[str] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd: int) -> None:
+        steps.append("fsync directory" if stat.S_ISDIR(os.fstat(fd).st_mode) else "fsync file")
+        real_fsync(fd)
+
+    def replace(src: object, dst: object) -> None:
+        steps.append("rename")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    ctx = make_ctx(tmp_path)
+    event = receive(ctx, CT)
+    assert handle_store(event, ctx) == STATUS_SUCCESS
+    assert steps == ["fsync file", "rename", "fsync directory"]
+
+    steps.clear()
+    (tmp_path / "nofsync").mkdir()
+    nofsync = make_ctx(tmp_path / "nofsync", fsync=False)
+    assert handle_store(receive(nofsync, CT), nofsync) == STATUS_SUCCESS
+    assert steps == ["rename"]  # --no-fsync: the documented faster mode skips both
