@@ -531,16 +531,22 @@ SETTINGS: tuple[Setting, ...] = (
         type=list,
     ),
     Setting(
-        "filenames", "default", "file name generation: default, unique or timenames", G_OUTPUT,
+        "filenames", "default", "file name generation: default (from the instance UID) or unique (the value "
+        "timenames of earlier versions reads as timenames = true)", G_OUTPUT,
         flags=(
             _flag("-uf", "--default-filenames", "generate filename from instance UID (default)", const="default",
                   subgroup="filename generation:"),
             _flag("+uf", "--unique-filenames", "generate unique filenames", const="unique",
                   subgroup="filename generation:"),
-            _flag("-tn", "--timenames", "generate filename from creation time", const="timenames",
-                  subgroup="filename generation:"),
         ),
-        choices=("default", "unique", "timenames"),
+        choices=("default", "unique"),
+    ),
+    # A switch of its own in DCMTK, outside the -uf/+uf block: -tn -uf writes time names.
+    Setting(
+        "timenames", False, "generate file names from the creation time (not with unique filenames)", G_OUTPUT,
+        flags=(_flag("-tn", "--timenames", "generate filename from creation time", const=True,
+                     subgroup="filename generation:"),),
+        type=bool,
     ),
     Setting(
         "filename_extension", "", "append this to all file names", G_OUTPUT,
@@ -695,7 +701,15 @@ def load_toml(path: str) -> dict[str, Any]:
         setting = BY_NAME.get(key)
         if setting is None or not setting.in_file:
             raise ConfigError(f"{path}: unknown key '{key}' (see storescpd --print-config for the valid keys)")
-    return {key: _coerce(BY_NAME[key], value, f"{path}: key '{key}'") for key, value in data.items()}
+    values = {key: _coerce(BY_NAME[key], value, f"{path}: key '{key}'") for key, value in data.items()}
+    return _read_aliases(values)
+
+
+def _read_aliases(values: dict[str, Any]) -> dict[str, Any]:
+    """Values of earlier versions that are spelled differently now, read as they meant."""
+    if values.get("filenames") == "timenames":  # -tn was a third file name mode before
+        values = {**values, "filenames": "default", "timenames": True}
+    return values
 
 
 def _coerce(setting: Setting, value: Any, where: str) -> Any:
@@ -780,21 +794,23 @@ def _output_conflicts(v: dict[str, Any], given: frozenset[str]) -> list[str]:
             problems.append(f"{_SORT_SPELLINGS.get(v['sort'][0], '--sort-*')} not allowed with --bit-preserving")
     if v.get("padding") and not v.get("write_file_format", True):
         problems.append("--padding-create not allowed with --write-dataset")
+    if v.get("timenames") and v.get("filenames") == "unique":
+        problems.append("--timenames not allowed with --unique-filenames")
     if used("compression_level") and xfer not in ("deflated", "same"):
         problems.append("--compression-level only allowed with --write-xfer-deflated or --write-xfer-same")
     return problems
 
 
-def _event_conflicts(v: dict[str, Any]) -> list[str]:
+def _event_conflicts(v: dict[str, Any], given: frozenset[str]) -> list[str]:
     """DCMTK storescp 3.6.7's dependencies of the event options, in its words. Its refusal of
     --exec-on-eostudy and --rename-on-eostudy with --fork is lifted: the supervisor tracks
-    studies across processes (docs/hooks.md)."""
+    studies across processes (docs/hooks.md). As DCMTK, a given -tos counts even at 0."""
     problems = []
     sorts = "--sort-conc-studies, --sort-on-study-uid or --sort-on-patientname"
     for name, option in (("exec_on_eostudy", "--exec-on-eostudy"), ("rename_on_eostudy", "--rename-on-eostudy")):
         if v.get(name) and not v.get("sort"):
             problems.append(f"{option} only allowed with {sorts}")
-    if v.get("eostudy_timeout") and not (v.get("sort") or v.get("exec_on_eostudy") or v.get("rename_on_eostudy")):
+    if ("eostudy_timeout" in given or v.get("eostudy_timeout")) and not (v.get("sort") or v.get("exec_on_eostudy") or v.get("rename_on_eostudy")):
         problems.append("--eostudy-timeout only allowed with --sort-conc-studies, --sort-on-study-uid, "
                         "--sort-on-patientname, --exec-on-eostudy or --rename-on-eostudy")
     return problems
@@ -816,7 +832,7 @@ def _check_combinations(v: dict[str, Any], given: frozenset[str] = frozenset()) 
             load_profile(*v["config_file"])
         except ConfigError as exc:
             problems.append(str(exc))
-    problems.extend(_event_conflicts(v))
+    problems.extend(_event_conflicts(v, given))
     from . import tls  # lazy: tls reads the settings, the settings call tls
 
     problems.extend(tls.validate(v))

@@ -75,12 +75,19 @@ def output_transfer_syntax(config: Any, received: str) -> str:
     return OUTPUT_TRANSFER_SYNTAXES.get(config.write_transfer_syntax, received)
 
 
+# The output encoding options (+t= +te .. +u -u +g= +g -g +e -e -p +p +uc -uc +cl): naming any of
+# them, even at its default (``+e``), asks for DCMTK's re-encoding.
+ENCODING_SETTINGS = frozenset({"write_transfer_syntax", "new_vr", "group_length", "length_encoding", "padding",
+                               "convert_un", "compression_level"})
+
+
 def encoding_for(config: Any, received: str) -> Encoding | None:
     """The re-encoding a configuration asks for, or None: publish the raw stream as received.
 
-    DCMTK's default normal mode also re-encodes (undefined lengths become explicit, wrong group
-    lengths are corrected); storescpd keeps the raw stream there so that large objects never sit
-    in memory. docs/options.md says so.
+    DCMTK's normal mode always re-encodes (undefined lengths become explicit, wrong group
+    lengths are corrected). storescpd does so when an output encoding option is named on the
+    command line or in the file, or set to other than its default; with none of them it keeps
+    the raw stream so that large objects never sit in memory. docs/options.md says so.
     """
     if config.bit_preserving:
         return None
@@ -96,7 +103,8 @@ def encoding_for(config: Any, received: str) -> Encoding | None:
         compression_level=config.compression_level,
     )
     deflate_level_matters = target == DEFLATED_LE and config.compression_level != DEFAULT_COMPRESSION_LEVEL
-    if (target != received or wanted.length != "explicit" or wanted.group_length != "recalc"
+    named = ENCODING_SETTINGS & getattr(config, "explicit", frozenset())
+    if (named or target != received or wanted.length != "explicit" or wanted.group_length != "recalc"
             or not wanted.new_vr or wanted.convert_un or padding or deflate_level_matters):
         return wanted
     return None

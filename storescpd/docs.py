@@ -22,7 +22,7 @@ The TOML key is the name to use in `/etc/storescpd/storescpd.toml`.
 NOTES = """
 ## Output encoding: what storescpd writes, compared with DCMTK
 
-- Without an output option that asks for re-encoding, storescpd writes the data set **exactly as
+- Without an output encoding option, storescpd writes the data set **exactly as
   received**, streamed to disk with flat memory whatever the object's size. DCMTK's default
   normal mode (`-B`) instead decodes the object in memory and writes it again. The two agree
   byte for byte whenever the sender already encodes as DCMTK does (DCMTK's `storescu`, and any
@@ -31,10 +31,15 @@ NOTES = """
   items become explicit-length, group length elements (gggg,0000) get their correct value, and a
   received data set trailing padding element (FFFC,FFFC) is dropped. The data sets are equal
   element by element. Use `+B` to say "as received" explicitly (DCMTK then also writes the raw
-  bytes), or any of `+te +tb +ti +td -e +g -g -u +uc +p` to have storescpd re-encode as DCMTK does.
-- With `+te`, `+tb`, `+ti`, `+td`, `-e`, `+g`, `-g`, `-u`, `+uc`, `+p` (and `+cl` with deflate),
-  storescpd decodes the received object and writes it again as DCMTK would; the written bytes after
-  the file meta are DCMTK's. This path holds one object in memory, as DCMTK's normal mode does.
+  bytes), or name any output encoding option to have storescpd re-encode as DCMTK does.
+- An output encoding option named on the command line or in the configuration file, even at its
+  default value, asks for re-encoding: `+t=` `+te` `+tb` `+ti` `+td`, `+u` `-u`, `+g=` `+g` `-g`,
+  `+e` `-e`, `-p` `+p`, `-uc` `+uc`, `+cl` (TOML keys `write_transfer_syntax`, `new_vr`,
+  `group_length`, `length_encoding`, `padding`, `convert_un`, `compression_level`). So
+  `storescpd +e` writes explicit lengths as `storescp +e` does. storescpd then decodes the received
+  object and writes it again as DCMTK would; the written bytes after the file meta are DCMTK's.
+  This path holds one object in memory, as DCMTK's normal mode does. A configuration file made by
+  `--print-config` names every key, so it re-encodes; keep only the keys you change to stream.
 - `+p f i` pads the *whole file* to a multiple of f bytes; the file meta of storescpd names its own
   implementation, so its length and therefore the trailing padding element differ from DCMTK's.
 - The file meta names storescpd (Implementation Class UID and Version Name); every other

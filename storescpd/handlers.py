@@ -63,7 +63,7 @@ class StoreContext:
 
     @property
     def naming(self) -> Naming:
-        return Naming(self.config.filenames, self.config.filename_extension)
+        return Naming(self.config.filenames, self.config.filename_extension, self.config.timenames)
 
     # -- called by the engine as a C-STORE-RQ's data set arrives --
     def begin_dataset(self, command: Any, transfer_syntax: str) -> StagingFile | None:
@@ -241,7 +241,7 @@ def _mismatch(ids: Identifiers, sop_class: str, sop_instance: str, uid_padding: 
 def _final_path(ctx: StoreContext, sop_class: str, sop_instance: str, folder: str | None = None) -> Path:
     directory = ctx.output_dir / folder if folder else ctx.output_dir
     name = ctx.naming.name(sop_class, sop_instance)
-    if ctx.config.filenames == "timenames":
+    if ctx.naming.timenames:
         name = _serialised(directory, name)
     path = directory / name
     leaves = folder is not None and (directory.parent != ctx.output_dir or folder in (".", ".."))

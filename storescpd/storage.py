@@ -181,14 +181,15 @@ def _pid_alive(pid: int) -> bool:
 class Naming:
     """DCMTK storescp's file naming (-uf, +uf, -tn, -fe)."""
 
-    mode: str = "default"
+    mode: str = "default"  # -uf "default" or +uf "unique"
     extension: str = ""
+    timenames: bool = False  # -tn, a switch of its own: -tn -uf names by time
 
     def name(self, sop_class_uid: str, sop_instance_uid: str) -> str:
         prefix = file_prefix(sop_class_uid)
         if self.mode == "unique":
             return f"{prefix}.X.{generate_uid(prefix=UID_ROOT)}{self.extension}"
-        if self.mode == "timenames":
+        if self.timenames:
             return f"{_timestamp()}.{prefix}{self.extension}"
         return f"{prefix}.{safe_uid_component(sop_instance_uid)}{self.extension}"
 

@@ -32,6 +32,40 @@ def test_plus_and_minus_spellings_differ() -> None:
     assert values("-uf")["filenames"] == "default"
 
 
+def test_timenames_is_a_switch_outside_the_filenames_block(tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    # DCMTK: -tn -uf names by time; +uf with -tn, in either order, is refused.
+    assert values("-tn", "-uf") == {"timenames": True, "filenames": "default"}
+    assert values("-uf", "-tn") == {"timenames": True, "filenames": "default"}
+    for argv in (["+uf", "-tn"], ["-tn", "+uf"]):
+        assert cli.main([*argv, "-od", str(tmp_path), "--check-config", "104"]) == 1
+        assert "--timenames not allowed with --unique-filenames" in capsys.readouterr().err
+
+
+def test_filenames_timenames_of_earlier_files_still_reads(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(f'filenames = "timenames"\noutput_directory = "{tmp_path}"\n')
+    config, _ = cli.load_config(["--config", str(path), "104"])
+    assert config.timenames is True and config.filenames == "default"
+
+
+def test_an_encoding_option_named_at_its_default_re_encodes(tmp_path: Path) -> None:
+    # DCMTK's +e writes explicit lengths even though it is the default; no option keeps the stream.
+    from storescpd.convert import EXPLICIT_LE, encoding_for
+
+    plain, _ = cli.load_config(["-od", str(tmp_path), "104"])
+    assert encoding_for(plain, EXPLICIT_LE) is None
+    for flag in ("+e", "+g=", "+t=", "+u", "-uc", "-p"):
+        config, _ = cli.load_config([flag, "-od", str(tmp_path), "104"])
+        assert encoding_for(config, EXPLICIT_LE) is not None, flag
+    path = tmp_path / "c.toml"
+    path.write_text(f'length_encoding = "explicit"\noutput_directory = "{tmp_path}"\n')
+    config, _ = cli.load_config(["--config", str(path), "104"])
+    assert encoding_for(config, EXPLICIT_LE) is not None
+    config, _ = cli.load_config(["+B", "-od", str(tmp_path), "104"])
+    assert encoding_for(config, EXPLICIT_LE) is None
+
+
 def test_values_and_port() -> None:
     v = values("-aet", "MYAE", "-pdu", "65536", "-od", "/tmp", "11112")
     assert v == {"aetitle": "MYAE", "max_pdu": 65536, "output_directory": "/tmp", "port": 11112}
