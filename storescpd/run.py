@@ -11,7 +11,7 @@ import stat
 import sys
 from typing import Sequence
 
-from . import studies
+from . import studies, tls
 from .config import Config, ConfigError
 from .listeners import bind_listener, inherited_sockets
 from .scp import serve_association
@@ -45,6 +45,7 @@ def run(config: Config, argv: Sequence[str]) -> int:
     tls_port = config.values.get("tls_port")
     if tls_port and "dicom-tls" not in listeners:
         listeners["dicom-tls"] = [bind_listener(config.bind, tls_port)]
+    tls.note_listeners(listeners)  # a dicom-tls listener keeps the dicom one plain
     if config.process_mode == "single":
         studies.use_local(config)  # study state and hooks in this process, as in DCMTK
         return run_single(config, listeners["dicom"][0])

@@ -20,7 +20,7 @@ import ssl
 import sys
 import warnings
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 LOG = logging.getLogger("storescpd.tls")
 
@@ -224,14 +224,24 @@ def enabled(values: dict[str, Any]) -> bool:
     return bool(values.get("tls"))
 
 
+_separate_tls_listener = False  # set once at start by note_listeners(); forked workers inherit it
+
+
+def note_listeners(roles: Iterable[str]) -> None:
+    """Record which listeners the daemon has, before it forks: a ``dicom-tls`` listener (from
+    ``--tls-port`` or a systemd socket of that name) keeps the ``dicom`` listener plain."""
+    global _separate_tls_listener
+    _separate_tls_listener = TLS_ROLE in roles
+
+
 def applies(config: Any, role: str) -> bool:
     """TLS on this connection? The dicom-tls listener always; the plain one under +tls
-    unless tls_port gives TLS a port of its own (DCMTK: with +tls the port is TLS)."""
+    unless TLS has a listener of its own (DCMTK: with +tls the port is TLS)."""
     if not enabled(config.values):
         return False
     if role == TLS_ROLE:
         return True
-    return role == "dicom" and config.values.get("tls_port") is None
+    return role == "dicom" and not _separate_tls_listener and config.values.get("tls_port") is None
 
 
 def validate(values: dict[str, Any]) -> list[str]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import signal
 import socket
 import ssl
@@ -15,7 +17,9 @@ import pytest
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification
 
-from tests.conftest import DCMTK, PEER_ENV, TEST_FILES, echoscu, free_port, require_dcmtk, stop_process, storescu
+from tests.conftest import (DCMTK, PEER_ENV, STORESCPD, TEST_FILES, echoscu, free_port, require_dcmtk, stop_process,
+                            storescu, wait_listening)
+from tests.integration.test_api import api_daemon, sample
 from tests.unit.test_tls import Pki, make_pki
 
 FILES = [TEST_FILES / n for n in ("CT_small.dcm", "MR_small.dcm", "rtplan.dcm")]
@@ -74,12 +78,20 @@ def test_plain_dicom_on_the_tls_port_is_refused(daemon_factory, pki: Pki) -> Non
 
 
 def test_required_client_certificate(daemon_factory, pki: Pki) -> None:
-    d = daemon_factory(*server_tls(pki), "-rc")
+    d, api = api_daemon(daemon_factory, *server_tls(pki), "-rc")
     anonymous = echoscu(d.port, "+tla", "+cf", pki.ca_crt)
     assert anonymous.returncode != 0
     wait_for_log(d, "the client sent no certificate")
+    failures = "storescpd_tls_handshake_failures_total"
+    deadline = time.monotonic() + 10  # the worker's event reaches the API process asynchronously
+    while sample(api.metrics(), failures, reason="no_client_certificate") < 1 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    metrics = api.metrics()
+    assert sample(metrics, failures, reason="no_client_certificate") == 1
+    assert sample(metrics, failures, reason="untrusted_issuer") == 0
     signed = echoscu(d.port, *client_tls(pki))
     assert signed.returncode == 0, signed.stderr + d.log()
+    assert sample(api.metrics(), failures, reason="no_client_certificate") == 1  # a good handshake counts nothing
 
 
 def test_verify_peer_certificate_if_present(daemon_factory, pki: Pki) -> None:
@@ -159,6 +171,30 @@ def test_tls_port_beside_the_plain_port(daemon_factory, pki: Pki) -> None:
     while (result := echoscu(tls_port, *client_tls(pki))).returncode != 0 and time.monotonic() < deadline:
         time.sleep(0.1)
     assert result.returncode == 0, result.stderr + d.log()
+
+
+def test_socket_activation_keeps_the_dicom_socket_plain_beside_dicom_tls(pki: Pki, tmp_path: Path) -> None:
+    """Sockets named dicom and dicom-tls (two socket units, docs/tls.md), +tls and no --tls-port."""
+    if shutil.which("systemd-socket-activate") is None:
+        pytest.fail("systemd-socket-activate missing: apt-get install systemd (.ci/run does this)")
+    out = tmp_path / "out"
+    out.mkdir()
+    dicom_port, tls_port = free_port(), free_port()
+    log = tmp_path / "sa.log"
+    proc = subprocess.Popen(
+        ["systemd-socket-activate", "-l", f"127.0.0.1:{dicom_port}", "-l", f"127.0.0.1:{tls_port}",
+         "--fdname=dicom:dicom-tls", "-E", f"PATH={os.environ['PATH']}", STORESCPD, *server_tls(pki),
+         "-od", str(out), "--workers", "2"],
+        stdout=subprocess.DEVNULL, stderr=open(log, "wb"))
+    try:
+        wait_listening(dicom_port)  # the first connection starts the daemon
+        plain = echoscu(dicom_port)
+        assert plain.returncode == 0, plain.stderr + log.read_text()
+        secure = echoscu(tls_port, *client_tls(pki))
+        assert secure.returncode == 0, secure.stderr + log.read_text()
+        assert echoscu(tls_port).returncode != 0  # and the dicom-tls socket does not speak plain DICOM
+    finally:
+        stop_process(proc)
 
 
 def test_expect_sni(daemon_factory, pki: Pki) -> None:

@@ -231,10 +231,18 @@ def test_seed_options_are_accepted(pki: Pki, tmp_path: Path) -> None:
     assert "+rs" in problem
 
 
-@pytest.mark.parametrize("role,tls_port,applies", [
-    ("dicom", None, True), ("dicom", 2762, False), ("dicom-tls", 2762, True), ("dicom-tls", None, True),
+@pytest.mark.parametrize("role,tls_port,listeners,applies", [
+    ("dicom", None, ["dicom"], True),
+    ("dicom", 2762, ["dicom", "dicom-tls"], False),
+    ("dicom", None, ["dicom", "dicom-tls"], False),  # systemd sockets dicom + dicom-tls, no --tls-port
+    ("dicom", None, ["dicom", "api"], True),
+    ("dicom-tls", 2762, ["dicom", "dicom-tls"], True),
+    ("dicom-tls", None, ["dicom", "dicom-tls"], True),
 ])
-def test_which_connections_are_tls(pki: Pki, role: str, tls_port: int | None, applies: bool) -> None:
+def test_which_connections_are_tls(pki: Pki, monkeypatch: pytest.MonkeyPatch, role: str, tls_port: int | None,
+                                   listeners: list[str], applies: bool) -> None:
+    monkeypatch.setattr(tls, "_separate_tls_listener", False)  # restored after the test
+    tls.note_listeners(listeners)
     cfg = config.Config(tls_values(pki, tls_port=tls_port))
     assert tls.applies(cfg, role) is applies
     assert tls.applies(config.Config(config.defaults()), role) is False
