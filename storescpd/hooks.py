@@ -4,8 +4,10 @@ DCMTK storescp substitutes the placeholders into the command string and hands it
 ``/bin/sh -c``, so a calling AE title such as ``x";touch PWNED;"`` runs a command
 (CVE-2026-5663). Here the configured command is split into arguments once (``shlex``, at
 configuration time); each placeholder is replaced inside its own argument, so a value from
-the peer is always exactly one argument, whatever it contains. The values are also passed in
-the environment (``ENVIRONMENT``).
+the peer is always exactly one argument, whatever it contains. One that would begin an
+argument with '-' with no '--' before it would be read as an option (an AE title '-rf'): the
+hook does not run for that event (``OptionInjection``). The values are also passed in the
+environment (``ENVIRONMENT``).
 
 A hook starts with stdin on /dev/null, stdout and stderr on a pipe we read (the tail is
 logged with the exit status), no inherited descriptors, no ``NOTIFY_SOCKET``/``LISTEN_*``,
@@ -177,7 +179,7 @@ def command_warnings(command: str | None, option: str) -> list[str]:
         elif not seen_end_of_options and arg.startswith(PEER_CONTROLLED):
             warnings.append(
                 f"{option}: the argument {arg!r} begins with a value the peer chooses; when that value "
-                f"begins with '-' (an AE title such as '-rf') the hook is not run for that object, so "
+                f"begins with '-' (an AE title such as '-rf') the hook is not run for that event, so "
                 f"{argv[0]} never reads it as an option; write '--' before it ({argv[0]} -- {arg}) if "
                 f"{argv[0]} accepts '--' and such values should reach it")
             break
