@@ -855,7 +855,9 @@ def build(file_values: dict[str, Any], cli_values: dict[str, Any], source_file: 
     if problems:
         where = f" ({source_file})" if source_file else ""
         raise ConfigError(f"invalid configuration{where}:\n  " + "\n  ".join(problems))
-    return Config(values, source_file, frozenset(file_values) | frozenset(cli_values))
+    # `explicit`: what the command line names (storescp's options mean something even at their
+    # default); a configuration file only states values.
+    return Config(values, source_file, frozenset(cli_values))
 
 
 def unsupported_in_use(values: dict[str, Any]) -> list[str]:

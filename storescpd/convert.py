@@ -86,7 +86,7 @@ def encoding_for(config: Any, received: str) -> Encoding | None:
 
     DCMTK's normal mode always re-encodes (undefined lengths become explicit, wrong group
     lengths are corrected). storescpd does so when an output encoding option is named on the
-    command line or in the file, or set to other than its default; with none of them it keeps
+    command line, or set to other than its default anywhere; with none of them it keeps
     the raw stream so that large objects never sit in memory. docs/options.md says so.
     """
     if config.bit_preserving:

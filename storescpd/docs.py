@@ -32,14 +32,15 @@ NOTES = """
   received data set trailing padding element (FFFC,FFFC) is dropped. The data sets are equal
   element by element. Use `+B` to say "as received" explicitly (DCMTK then also writes the raw
   bytes), or name any output encoding option to have storescpd re-encode as DCMTK does.
-- An output encoding option named on the command line or in the configuration file, even at its
-  default value, asks for re-encoding: `+t=` `+te` `+tb` `+ti` `+td`, `+u` `-u`, `+g=` `+g` `-g`,
-  `+e` `-e`, `-p` `+p`, `-uc` `+uc`, `+cl` (TOML keys `write_transfer_syntax`, `new_vr`,
-  `group_length`, `length_encoding`, `padding`, `convert_un`, `compression_level`). So
-  `storescpd +e` writes explicit lengths as `storescp +e` does. storescpd then decodes the received
-  object and writes it again as DCMTK would; the written bytes after the file meta are DCMTK's.
-  This path holds one object in memory, as DCMTK's normal mode does. A configuration file made by
-  `--print-config` names every key, so it re-encodes; keep only the keys you change to stream.
+- An output encoding option named on the command line, even at its default value, asks for
+  re-encoding: `+t=` `+te` `+tb` `+ti` `+td`, `+u` `-u`, `+g=` `+g` `-g`, `+e` `-e`, `-p` `+p`,
+  `-uc` `+uc`, `+cl`. So `storescpd +e` writes explicit lengths as `storescp +e` does. storescpd
+  then decodes the received object and writes it again as DCMTK would; the written bytes after
+  the file meta are DCMTK's. This path holds one object in memory, as DCMTK's normal mode does.
+  In the configuration file (TOML keys `write_transfer_syntax`, `new_vr`, `group_length`,
+  `length_encoding`, `padding`, `convert_un`, `compression_level`) only a value other than the
+  default re-encodes: a file from `--print-config` lists every key at its default and must not
+  turn a streaming receiver into one that holds each object in memory.
 - `+p f i` pads the *whole file* to a multiple of f bytes; the file meta of storescpd names its own
   implementation, so its length and therefore the trailing padding element differ from DCMTK's.
 - The file meta names storescpd (Implementation Class UID and Version Name); every other

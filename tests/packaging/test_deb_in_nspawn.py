@@ -359,13 +359,6 @@ def last_exit(container: Container) -> str:
     return text
 
 
-def api_supported(container: Container) -> bool:
-    """The installed storescpd serves the control API (its --help does not mark --api as not yet)."""
-    help_text = container.sh("storescpd --help", check=False).stdout
-    match = re.search(r"^\s*--api\b.*\n(.*)$", help_text, re.M)
-    return bool(match) and "not supported yet" not in match.group(0)
-
-
 def wait_active(container: "Container") -> None:
     wait_for(lambda: container.show("storescpd", "ActiveState")["ActiveState"] == "active", 20,
              "storescpd to be active (not reloading)")
@@ -454,16 +447,26 @@ def steps(request: pytest.FixtureRequest) -> Steps:
 # The test
 
 
+def unavailable(reason: str) -> None:
+    """On a developer's machine the test is skipped; under CI (.ci/run sets CI) it fails."""
+    if os.environ.get("CI"):
+        pytest.fail(f"the packaging test cannot run here: {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+E2E_BUDGET_SECONDS = 300  # the steps in a booted system, root file system cached (issue 7)
+
+
 @pytest.mark.timeout(900)  # a first run debootstraps; with the cache a run takes 1-2 minutes
 def test_deb_in_booted_debian(steps: Steps, tmp_path: Path) -> None:
     if os.geteuid() != 0:
-        pytest.skip("needs root (debootstrap, mounts, systemd-nspawn)")
+        unavailable("needs root (debootstrap, mounts, systemd-nspawn)")
     missing = missing_host_packages()
     if missing:
         steps.log(f"installing host packages: {' '.join(missing)}")
         failure = install_host_packages(missing)
         if failure and (shutil.which("debootstrap") is None or shutil.which("systemd-nspawn") is None):
-            pytest.skip(f"cannot install debootstrap/systemd-container:\n{failure}")
+            unavailable(f"cannot install debootstrap/systemd-container:\n{failure}")
         if failure:
             pytest.fail(f"cannot install host packages {missing}:\n{failure}", pytrace=False)
 
@@ -488,6 +491,7 @@ def test_deb_in_booted_debian(steps: Steps, tmp_path: Path) -> None:
 
     with steps.step("root file system (debootstrap, cached)"):
         rootfs = cached_rootfs(debian_mirror(), steps.log)
+    booted_from_cache = time.monotonic()
 
     archives = CACHE / "apt-archives"
     (archives / "partial").mkdir(parents=True, exist_ok=True)
@@ -499,6 +503,8 @@ def test_deb_in_booted_debian(steps: Steps, tmp_path: Path) -> None:
     finally:
         container.shutdown()
     steps.done()
+    spent = time.monotonic() - booted_from_cache
+    assert spent < E2E_BUDGET_SECONDS, f"the steps in the booted system took {spent:.0f} s (budget {E2E_BUDGET_SECONDS} s)"
 
 
 def drive(container: Container, deb: Path, steps: Steps, tmp_path: Path) -> None:
@@ -559,10 +565,6 @@ def drive(container: Container, deb: Path, steps: Steps, tmp_path: Path) -> None
         )
 
     with steps.step("the shipped configuration validates (storescpd --check-config)"):
-        if not api_supported(container):
-            steps.log("SKIPPED part: this storescpd does not serve the control API yet; "
-                      "the `api` line is commented out of the config for the rest of this run")
-            container.sh(f"sed -i 's/^api *=/# &/' {CONFIG}")
         result = container.sh(f"runuser -u storescpd -- storescpd --check-config --config {CONFIG}", check=False)
         if result.returncode != 0:
             raise StepFailed(f"the shipped {CONFIG} does not validate:\n{result.stdout}{result.stderr}")
@@ -580,36 +582,31 @@ def drive(container: Container, deb: Path, steps: Steps, tmp_path: Path) -> None
         send(container, sorted((tmp_path / "study1").iterdir()))
         steps.log(check_stored(container, INCOMING, sent))
 
-    metrics_step = "GET /metrics on the control API"
-    if api_supported(container):
-        with steps.step(metrics_step):
-            result = container.in_network(["curl", "-fsS", "-m", "10", f"http://127.0.0.1:{API_PORT}/metrics"])
-            if result.returncode != 0:
-                raise StepFailed(f"curl /metrics failed ({result.returncode}): {result.stderr}")
-            samples = [line for line in result.stdout.splitlines() if line and not line.startswith("#")]
-            if not samples:
-                raise StepFailed(f"/metrics has no samples:\n{result.stdout[:1000]}")
-            # Prometheus' view of the study just sent: 5 C-STORE requests answered.
-            objects = [line for line in samples if line.startswith("storescpd_objects_stored_total")]
-            counted = sum(float(line.rsplit(" ", 1)[1]) for line in objects if 'status="success"' in line)
-            if counted != len(sent):
-                raise StepFailed(f"storescpd_objects_stored_total{{status=\"success\"}} is {counted:g}, "
-                                 f"{len(sent)} were stored:\n" + "\n".join(objects or samples[:20]))
-            steps.log(f"{len(samples)} samples; " + "; ".join(objects))
-            for probe in ("healthz", "readyz"):
-                answer = container.in_network(["curl", "-sS", "-m", "10", "-o", "/dev/null", "-w", "%{http_code}",
-                                               f"http://127.0.0.1:{API_PORT}/{probe}"])
-                if answer.stdout != "200":
-                    body = container.in_network(["curl", "-sS", "-m", "10", f"http://127.0.0.1:{API_PORT}/{probe}"])
-                    raise StepFailed(f"GET /{probe}: HTTP {answer.stdout or answer.stderr} {body.stdout[:500]}")
-                steps.log(f"GET /{probe}: 200")
-            if container.sh("storescpd ctl --help", check=False).returncode == 0:
-                status = container.sh("storescpd ctl status", check=False)
-                if status.returncode != 0:
-                    raise StepFailed(f"`storescpd ctl status` exited {status.returncode}:\n{status.stdout}{status.stderr}")
-                steps.log("storescpd ctl status: " + " | ".join(status.stdout.strip().splitlines()[:3]))
-    else:
-        steps.skipped(metrics_step, "the installed storescpd does not support --api yet")
+    with steps.step("GET /metrics on the control API"):
+        result = container.in_network(["curl", "-fsS", "-m", "10", f"http://127.0.0.1:{API_PORT}/metrics"])
+        if result.returncode != 0:
+            raise StepFailed(f"curl /metrics failed ({result.returncode}): {result.stderr}")
+        samples = [line for line in result.stdout.splitlines() if line and not line.startswith("#")]
+        if not samples:
+            raise StepFailed(f"/metrics has no samples:\n{result.stdout[:1000]}")
+        # Prometheus' view of the study just sent: 5 C-STORE requests answered.
+        objects = [line for line in samples if line.startswith("storescpd_objects_stored_total")]
+        counted = sum(float(line.rsplit(" ", 1)[1]) for line in objects if 'status="success"' in line)
+        if counted != len(sent):
+            raise StepFailed(f"storescpd_objects_stored_total{{status=\"success\"}} is {counted:g}, "
+                             f"{len(sent)} were stored:\n" + "\n".join(objects or samples[:20]))
+        steps.log(f"{len(samples)} samples; " + "; ".join(objects))
+        for probe in ("healthz", "readyz"):
+            answer = container.in_network(["curl", "-sS", "-m", "10", "-o", "/dev/null", "-w", "%{http_code}",
+                                           f"http://127.0.0.1:{API_PORT}/{probe}"])
+            if answer.stdout != "200":
+                body = container.in_network(["curl", "-sS", "-m", "10", f"http://127.0.0.1:{API_PORT}/{probe}"])
+                raise StepFailed(f"GET /{probe}: HTTP {answer.stdout or answer.stderr} {body.stdout[:500]}")
+            steps.log(f"GET /{probe}: 200")
+        status = container.sh("storescpd ctl status", check=False)
+        if status.returncode != 0:
+            raise StepFailed(f"`storescpd ctl status` exited {status.returncode}:\n{status.stdout}{status.stderr}")
+        steps.log("storescpd ctl status: " + " | ".join(status.stdout.strip().splitlines()[:3]))
 
     original_config = container.path(CONFIG).read_text()
 

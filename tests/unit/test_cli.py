@@ -61,7 +61,7 @@ def test_an_encoding_option_named_at_its_default_re_encodes(tmp_path: Path) -> N
     path = tmp_path / "c.toml"
     path.write_text(f'length_encoding = "explicit"\noutput_directory = "{tmp_path}"\n')
     config, _ = cli.load_config(["--config", str(path), "104"])
-    assert encoding_for(config, EXPLICIT_LE) is not None
+    assert encoding_for(config, EXPLICIT_LE) is None  # a file at the default states, it does not ask
     config, _ = cli.load_config(["+B", "-od", str(tmp_path), "104"])
     assert encoding_for(config, EXPLICIT_LE) is None
 

@@ -111,3 +111,10 @@ def test_padding_makes_file_and_items_multiples(tmp_path: Path) -> None:
     ds = pydicom.dcmread(out)
     items = [item for elem in ds.iterall() if elem.VR == "SQ" for item in elem.value]
     assert any(0xFFFCFFFC in item for item in items)
+
+
+def test_a_non_default_encoding_in_the_file_re_encodes() -> None:
+    from storescpd.config import build
+
+    assert encoding_for(build({"length_encoding": "undefined"}, {}, "storescpd.toml"), EXPLICIT_LE) is not None
+    assert encoding_for(build({"length_encoding": "explicit"}, {}, "storescpd.toml"), EXPLICIT_LE) is None
