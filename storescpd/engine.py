@@ -298,6 +298,15 @@ class Association:
         except OSError:
             pass
 
+    def cut(self) -> None:
+        """End the association from a signal handler of the serving thread: no A-ABORT (that
+        would need the send lock the interrupted code may hold), the connection is shut down."""
+        self._aborted_locally = True
+        try:
+            socket.socket.shutdown(self.sock, socket.SHUT_RDWR)
+        except OSError:
+            pass
+
     # ---- association establishment ------------------------------------------
     def establish(self) -> bool:
         # -ta bounds the whole A-ASSOCIATE-RQ, not each read: a byte now and then does not hold us.

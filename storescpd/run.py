@@ -9,13 +9,15 @@ import signal
 import socket
 import stat
 import sys
-from typing import Sequence
+import threading
+import time
+from typing import Any, Sequence
 
 from . import studies, tls
 from .config import Config, ConfigError
 from .listeners import bind_listener, inherited_sockets
 from .scp import serve_association
-from .systemd import notify, take_notify_socket
+from .systemd import notify, take_notify_socket, watchdog_interval
 
 LOG = logging.getLogger("storescpd")
 
@@ -86,38 +88,99 @@ def _detach_from_socket_outputs() -> None:
         os.close(devnull)
 
 
+class _SingleProcess:
+    """What --single-process tells systemd: STATUS, WATCHDOG=1 when asked, STOPPING=1 at once."""
+
+    def __init__(self) -> None:
+        self.associations = 0
+        self.objects = 0
+        self.running: Any = None  # the engine.Association being served, if any
+        self.stopping = False
+        self._next_keepalive = 0.0
+
+    def event(self, kind: str, data: dict[str, Any]) -> None:
+        if kind == "stored" and data.get("status") == "success":
+            self.objects += 1
+        elif kind == "association_ended":
+            self.associations += 1
+        self.keepalive()
+
+    def keepalive(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if force or now >= self._next_keepalive:
+            interval = watchdog_interval()
+            state = "stopping" if self.stopping else ("1 association" if self.running else "idle")
+            notify(*(["WATCHDOG=1"] if interval else []),
+                   f"STATUS={state}, single process, {self.associations} associations and "
+                   f"{self.objects} objects served")
+            self._next_keepalive = now + min(interval or 5.0, 5.0)
+
+
+def _feed_watchdog(state: _SingleProcess, interval: float) -> None:
+    while True:
+        time.sleep(interval / 2)
+        state.keepalive()
+
+
 def run_single(config: Config, listener: socket.socket) -> int:
     """DCMTK's default: one process, one association at a time.
 
-    SIGTERM lets the running association finish, then exits 0; SIGHUP cannot reload here
-    (there are no workers to replace) and says so instead of killing the process.
+    SIGTERM lets the running association finish, up to --graceful-timeout (then it is cut off),
+    and exits 0; SIGHUP cannot reload here (there are no workers to replace) and says so instead
+    of killing the process. Progress of the association keeps systemd's watchdog fed.
     """
-    stopping: list[int] = []
+    state = _SingleProcess()
 
     def stop(signum: int, frame: object) -> None:
-        stopping.append(signum)
+        if not state.stopping:
+            state.stopping = True
+            notify("STOPPING=1")
+            if state.running is not None and signum == signal.SIGTERM and config.graceful_timeout:
+                signal.setitimer(signal.ITIMER_REAL, config.graceful_timeout)
         if signum == signal.SIGINT:
             raise KeyboardInterrupt
+
+    def drain_expired(signum: int, frame: object) -> None:
+        if state.running is not None:
+            LOG.warning("graceful timeout (%s s): aborting the running association", config.graceful_timeout)
+            state.running.cut()
 
     def no_reload(signum: int, frame: object) -> None:
         LOG.warning("SIGHUP ignored: reloading needs the pre-fork or --fork mode; restart to apply changes")
 
+    def on_association(assoc: Any) -> None:
+        state.running = assoc
+
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGALRM, drain_expired)
     signal.signal(signal.SIGHUP, no_reload)
     LOG.info("listening on %s (single process)", listener.getsockname())
+    if config.api:
+        LOG.warning("the control API (api = %s) runs only in the pre-fork and --fork modes: not started", config.api)
     notify("READY=1", "STATUS=listening, single process")
+    interval = watchdog_interval()
+    if interval:
+        # An association may sit idle up to -ts/-td between messages; the one thread is then
+        # blocked in recv. This thread keeps the watchdog fed meanwhile (it vouches for the
+        # process, as the supervisor's tick does in the other modes).
+        threading.Thread(target=_feed_watchdog, args=(state, interval), name="watchdog", daemon=True).start()
     try:
-        while not stopping:
+        while not state.stopping:
+            state.keepalive()
             ready, _, _ = select.select([listener], [], [], 1.0)
             if not ready:
                 continue
             conn, _addr = listener.accept()
             try:
-                serve_association(conn, config)
+                serve_association(conn, config, emit=state.event, on_association=on_association)
             except Exception:
                 LOG.exception("association failed")
+            finally:
+                state.running = None
     except KeyboardInterrupt:
         pass
-    notify("STOPPING=1")
+    signal.setitimer(signal.ITIMER_REAL, 0)
+    if not state.stopping:
+        notify("STOPPING=1")
     return 0

@@ -463,6 +463,30 @@ def test_inetd_mode_never_writes_logs_into_the_connection(tmp_path: Path) -> Non
     assert [p.name for p in out.iterdir() if p.is_file()] == ["CT.1.3.6.1.4.1.5962.1.1.1.1.1.20040119072730.12322"]
 
 
+def test_single_process_feeds_the_watchdog_and_reports_status(daemon_factory) -> None:
+    d = daemon_factory("--single-process", env={"WATCHDOG_USEC": "1000000"})
+    d.notify.wait_for("WATCHDOG=1", timeout=5)
+    assert storescu(d.port, [TEST_FILES / "CT_small.dcm"]).returncode == 0
+    deadline = time.monotonic() + 10
+    while not any("1 associations and 1 objects served" in m for m in d.notify.drain()):
+        assert time.monotonic() < deadline, d.notify.messages[-5:]
+
+
+def test_single_process_graceful_timeout_cuts_a_long_association(daemon_factory, tmp_path: Path) -> None:
+    slow = make_object(tmp_path / "slow.dcm", 0, columns=8)  # 16 KB in 4 KB PDUs, 1 s each
+    d = daemon_factory("--single-process", "-pdu", "4096", "--sleep-during", "1", "--graceful-timeout", "1")
+    running = start_storescu(d.port, slow)
+    time.sleep(1.0)
+    started = time.monotonic()
+    assert d.stop(signal.SIGTERM, timeout=30) == 0
+    assert time.monotonic() - started < 4, "the stop waited for the whole transfer"
+    assert running.wait(30) != 0  # the peer lost its association
+    assert d.stored_files() == []
+    assert list((d.output / ".storescpd-staging").glob("*.part")) == []
+    assert "graceful timeout" in d.log()
+    assert any("STOPPING=1" in m for m in d.notify.messages)
+
+
 def test_single_process_sigterm_finishes_the_association_and_sighup_is_harmless(daemon_factory,
                                                                                tmp_path: Path) -> None:
     slow = make_object(tmp_path / "slow.dcm", 0, columns=8)
