@@ -318,6 +318,20 @@ def test_sigterm_during_transfer_lets_it_complete(daemon_factory, tmp_path: Path
     assert len(d.stored_files()) == 1
 
 
+def test_graceful_timeout_aborts_what_is_still_running(daemon_factory, tmp_path: Path) -> None:
+    slow = make_object(tmp_path / "slow.dcm", 0, columns=8)  # 16 KB in 4 KB PDUs, 1 s each
+    d = daemon_factory("--workers", "2", "-pdu", "4096", "--sleep-during", "1", "--graceful-timeout", "1")
+    running = start_storescu(d.port, slow)
+    time.sleep(0.7)
+    started = time.monotonic()
+    assert d.stop(signal.SIGTERM, timeout=30) == 0
+    assert time.monotonic() - started < 4, "the stop waited for the whole transfer"
+    assert running.wait(30) != 0
+    assert d.stored_files() == []
+    assert list((d.output / ".storescpd-staging").glob("*.part")) == []
+    assert "graceful timeout" in d.log()
+
+
 def _socket_activate(args: list[str], tmp_path: Path, port: int, extra: list[str] | None = None) -> subprocess.Popen:
     notify_path = tmp_path / "sa-notify.sock"
     return subprocess.Popen(

@@ -156,7 +156,7 @@ def test_end_of_study_hook_names_the_sender_of_the_study(daemon_factory, tmp_pat
     assert all(TIMESTAMP.fullmatch(Path(c["argv"][3]).name) for c in ends)  # empty prefix: no "_"
 
 
-@pytest.mark.parametrize("mode", ["--single-process", "--prefork"])
+@pytest.mark.parametrize("mode", ["--single-process", "--prefork", "--fork"])
 def test_eostudy_timeout_fires_once_about_two_seconds_after_the_last_object(mode: str, daemon_factory,
                                                                            tmp_path: Path) -> None:
     files = make_objects(tmp_path / "objects")
