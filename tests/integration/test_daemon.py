@@ -19,8 +19,8 @@ import pytest
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
-from tests.conftest import (DCMTK, PEER_ENV, STORESCPD, TEST_FILES, Daemon, echoscu, require_dcmtk, stop_process,
-                            storescu, wait_listening)
+from tests.conftest import (DCMTK, PEER_ENV, STORESCPD, TEST_FILES, Daemon, NotifyListener, echoscu, require_dcmtk,
+                            stop_process, storescu, wait_listening)
 
 
 def setup_module() -> None:
@@ -355,6 +355,7 @@ def test_socket_activation(tmp_path: Path, extra: list[str], args: list[str]) ->
     out = tmp_path / "out"
     out.mkdir()
     port = free_port()
+    notify = NotifyListener(tmp_path / "sa-notify.sock")  # the NOTIFY_SOCKET _socket_activate passes
     proc = _socket_activate(["-od", str(out), *args], tmp_path, port, extra)
     try:
         wait_listening(port)
@@ -362,8 +363,11 @@ def test_socket_activation(tmp_path: Path, extra: list[str], args: list[str]) ->
             result = storescu(port, [TEST_FILES / name])
             assert result.returncode == 0, result.stderr + (tmp_path / "sa.log").read_text()
         assert sorted(p.name.split(".")[0] for p in out.iterdir() if p.is_file()) == ["CT", "MR"]
+        if "--accept" not in extra:  # a daemon on systemd's listening socket tells systemd it is up
+            notify.wait_for("READY=1", timeout=10)
     finally:
         stop_process(proc)
+        notify.close()
 
 
 def test_max_associations_rejects_transient_local_limit(daemon_factory, tmp_path: Path) -> None:
