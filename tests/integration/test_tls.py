@@ -20,7 +20,8 @@ from pynetdicom.sop_class import Verification
 from tests.conftest import (DCMTK, PEER_ENV, STORESCPD, TEST_FILES, echoscu, free_port, require_dcmtk, stop_process,
                             storescu, wait_listening)
 from tests.integration.test_api import api_daemon, sample
-from tests.unit.test_tls import Pki, make_pki
+from tests.integration.test_differential import split_meta
+from tests.unit.test_tls import OPENSSL, Pki, make_pki
 
 FILES = [TEST_FILES / n for n in ("CT_small.dcm", "MR_small.dcm", "rtplan.dcm")]
 
@@ -225,6 +226,61 @@ def test_reload_with_broken_key_keeps_the_old_one(daemon_factory, pki: Pki, tmp_
     assert result.returncode == 0, result.stderr + d.log()
 
 
+def issue_server_certificate(pki: Pki, common_name: str) -> tuple[Path, Path]:
+    """A server key and certificate with subject CN=common_name, signed by pki's CA."""
+    key, csr, crt = (pki.dir / f"{common_name}.{ext}" for ext in ("key", "csr", "crt"))
+    for args in (["req", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(csr),
+                  "-subj", f"/CN={common_name}"],
+                 ["x509", "-req", "-in", str(csr), "-CA", pki.ca_crt, "-CAkey", pki.ca_key, "-CAcreateserial",
+                  "-out", str(crt), "-days", "7", "-sha256"]):
+        subprocess.run([OPENSSL, *args], check=True, capture_output=True, timeout=60)
+    return key, crt
+
+
+def presented_certificate(port: int) -> bytes:
+    """The DER certificate the server presents, taken without verifying it (no client certificate)."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+        with ctx.wrap_socket(raw) as tls_sock:
+            der = tls_sock.getpeercert(binary_form=True)
+    assert der, "the server presented no certificate"
+    return der
+
+
+def subject_cn(crt: Path) -> str:
+    subject = ssl._ssl._test_decode_cert(str(crt))["subject"]  # type: ignore[attr-defined]
+    return dict(rdn[0] for rdn in subject)["commonName"]
+
+
+def test_reload_reads_the_new_key_and_certificate(daemon_factory, pki: Pki, tmp_path: Path) -> None:
+    other = make_pki(tmp_path / "second-ca", ca_name="second CA")
+    b_key, b_crt = issue_server_certificate(other, "storescpd after reload")
+    assert subject_cn(b_crt) == "storescpd after reload" != subject_cn(Path(pki.server_crt))
+    key, crt = tmp_path / "server.key", tmp_path / "server.crt"
+    key.write_bytes(Path(pki.server_key).read_bytes())
+    crt.write_bytes(Path(pki.server_crt).read_bytes())
+    a_der = ssl.PEM_cert_to_DER_cert(Path(pki.server_crt).read_text())
+    b_der = ssl.PEM_cert_to_DER_cert(b_crt.read_text())
+    trusting_b = ["+tls", pki.client_key, pki.client_crt, "+cf", other.ca_crt]  # the server trusts pki's CA
+    d = daemon_factory("+tls", str(key), str(crt), "+cf", pki.ca_crt, "--prefork", "--workers", "2")
+    assert presented_certificate(d.port) == a_der
+    assert echoscu(d.port, *trusting_b).returncode != 0  # B's CA does not vouch for cert A
+    key.write_bytes(b_key.read_bytes())
+    crt.write_bytes(b_crt.read_bytes())
+    d.notify.messages.clear()
+    d.proc.send_signal(signal.SIGHUP)
+    d.notify.wait_for("RELOADING=1")
+    d.notify.wait_for("READY=1", after="RELOADING=1")
+    assert "reload failed" not in d.log(), d.log()
+    for _ in range(4):  # several connections: a worker still holding A's context would likely answer one
+        der = presented_certificate(d.port)
+        assert der == b_der, f"after the reload the server still presents {'A' if der == a_der else 'unknown'}"
+    result = echoscu(d.port, *trusting_b)
+    assert result.returncode == 0, result.stderr + d.log()
+
+
 @pytest.fixture
 def dcmtk_tls_storescp(tmp_path: Path, pki: Pki) -> Iterator:
     """DCMTK's storescp +tls (the conftest helper probes with plain DICOM, which TLS refuses)."""
@@ -258,6 +314,8 @@ def test_same_files_as_dcmtk_storescp_over_tls(daemon_factory, dcmtk_tls_storesc
         assert a == b, name
         assert a.file_meta.TransferSyntaxUID == b.file_meta.TransferSyntaxUID
         assert a.file_meta.MediaStorageSOPInstanceUID == b.file_meta.MediaStorageSOPInstanceUID
+        ours_ds, theirs_ds = split_meta(path.read_bytes())[1], split_meta(theirs[name].read_bytes())[1]
+        assert ours_ds == theirs_ds, f"{name}: data set bytes differ ({len(ours_ds)} vs DCMTK's {len(theirs_ds)})"
 
 
 @pytest.mark.parametrize("profile", ["+py", "+px", "+pz", "+pa", "+pn"])
