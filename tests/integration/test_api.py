@@ -218,6 +218,62 @@ def test_reload_with_broken_config_answers_422_and_keeps_serving(daemon_factory,
     assert api.get("/readyz").status_code == 200
 
 
+CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
+MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
+
+
+def test_objects_received_and_last_sop_class_update_while_running(daemon_factory) -> None:
+    d, api = api_daemon(daemon_factory, "--sleep-after", "1")  # each store holds the association 1 s
+    files = [TEST_FILES / n for n in ("MR_small.dcm", "CT_small.dcm", "CT_small.dcm")]
+    peer = subprocess.Popen([str(DCMTK / "storescu"), "127.0.0.1", str(d.port), *map(str, files)],
+                            env=PEER_ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        running = wait_for_association(api)
+        seen: list[tuple[int, str]] = []
+        deadline = time.monotonic() + 30
+        while peer.poll() is None and time.monotonic() < deadline and len(seen) < 300:
+            response = api.get(f"/associations/{running['id']}")
+            if response.status_code == 200:
+                body = response.json()
+                seen.append((body["objects_received"], body["last_sop_class"]))
+            time.sleep(0.1)
+        assert peer.wait(30) == 0, peer.stdout.read() if peer.stdout else ""
+    finally:
+        if peer.poll() is None:
+            peer.kill()
+            peer.wait(5)
+    assert (1, MR_IMAGE_STORAGE) in seen, f"first object not visible while running: {sorted(set(seen))}"
+    assert (2, CT_IMAGE_STORAGE) in seen, f"second object not visible while running: {sorted(set(seen))}"
+    counts = [n for n, _ in seen]
+    assert counts == sorted(counts), f"objects_received went backwards: {counts}"
+    assert api.get(f"/associations/{running['id']}").status_code == 404
+    assert len(d.stored_files()) >= 2
+
+
+def test_readyz_follows_the_output_directory(daemon_factory) -> None:
+    d, api = api_daemon(daemon_factory)
+    assert api.get("/readyz").json()["checks"]["output_writable"] is True
+
+    def wait_ready(code: int) -> dict[str, Any]:
+        deadline = time.monotonic() + 10
+        for _ in range(100):
+            response = api.get("/readyz")
+            if response.status_code == code or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        assert response.status_code == code, response.text
+        return response.json()
+
+    shutil.rmtree(d.output)
+    gone = wait_ready(503)
+    assert gone["ready"] is False and gone["checks"]["output_writable"] is False
+    assert gone["checks"]["listening"] is True and gone["checks"]["workers"] is True
+    assert api.get("/healthz").status_code == 200  # the API process itself is fine
+    d.output.mkdir()
+    back = wait_ready(200)
+    assert back["ready"] is True and back["checks"]["output_writable"] is True
+
+
 # ---- security ----------------------------------------------------------------------------------
 def test_token_required_for_mutating_calls(daemon_factory, tmp_path: Path) -> None:
     token_file = tmp_path / "token"
@@ -235,6 +291,24 @@ def test_token_required_for_mutating_calls(daemon_factory, tmp_path: Path) -> No
     while d.log().count("401") < 3 and time.monotonic() < deadline:
         time.sleep(0.05)
     assert "API: 401 for POST /reload from 127.0.0.1" in d.log()
+
+
+def test_tcp_outside_loopback_needs_the_token_for_reads_but_not_probes(daemon_factory, tmp_path: Path) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN + "\n")
+    port = free_port()
+    # "loopback" is decided by the bound address: 0.0.0.0 is exposed even when we connect via 127.0.0.1
+    daemon_factory("--api", f"0.0.0.0:{port}", "--api-token-file", str(token_file))
+    anonymous = Api(f"http://127.0.0.1:{port}").wait_up()
+    authorized = Api(f"http://127.0.0.1:{port}", token=TOKEN)
+    for path in ("/status", "/associations", "/metrics"):
+        refused = anonymous.get(path)
+        assert refused.status_code == 401 and refused.headers["www-authenticate"] == "Bearer", path
+        assert anonymous.get(path, headers={"Authorization": "Bearer " + "x" * len(TOKEN)}).status_code == 401
+        assert authorized.get(path).status_code == 200, path
+    assert anonymous.get("/healthz").status_code == 200
+    assert anonymous.get("/readyz").status_code == 200
+    assert authorized.metrics()  # and what comes back with the token is real
 
 
 def test_tcp_outside_loopback_without_token_refuses_to_start(tmp_path: Path) -> None:
