@@ -156,10 +156,11 @@ def test_same_instance_twice(daemon_factory, tmp_path: Path, policy: str, expect
         assert "already exists, overwriting" in d.log()
 
 
-def test_big_object_memory_stays_flat(daemon_factory, tmp_path: Path) -> None:
+@pytest.mark.parametrize("flags", [(), ("+B",)], ids=["default", "bit-preserving"])
+def test_big_object_memory_stays_flat(daemon_factory, tmp_path: Path, flags: tuple[str, ...]) -> None:
     """A 256 MiB object must not cost 256 MiB of memory in the process that receives it."""
     big = make_object(tmp_path / "big.dcm", 256)
-    d = daemon_factory("--single-process")
+    d = daemon_factory("--single-process", *flags)
     result = storescu(d.port, [big], timeout=300)
     assert result.returncode == 0, result.stderr
     status = Path(f"/proc/{d.pid}/status").read_text()
