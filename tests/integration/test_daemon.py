@@ -224,6 +224,52 @@ def test_sigkill_worker_mid_transfer(daemon_factory, tmp_path: Path) -> None:
     assert len(children_of(d.pid)) == 3 and victim not in children_of(d.pid)
 
 
+def staging_pids(staging: Path) -> set[int]:
+    return {int(p.name.split("-")[0]) for p in staging.glob("*.part")}
+
+
+def wait_new_staging_pid(staging: Path, known: set[int], timeout: float = 10.0) -> int:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        new = staging_pids(staging) - known
+        if new:
+            return new.pop()
+        time.sleep(0.05)
+    raise AssertionError(f"no new transfer in {staging} within {timeout} s (known workers {known})")
+
+
+def test_sigkill_worker_spares_the_association_running_beside_it(daemon_factory, tmp_path: Path) -> None:
+    # Both transfers are slow (16 KB in 4 KB PDUs, 1 s each): both are mid-transfer at the kill.
+    victim_file = make_object(tmp_path / "victim.dcm", 0, columns=8, seed=1)
+    other_file = make_object(tmp_path / "other.dcm", 0, columns=8, seed=2)
+    d = daemon_factory("--workers", "3", "-pdu", "4096", "--sleep-during", "1", "-v")
+    staging = d.output / ".storescpd-staging"
+    victim_sender = start_storescu(d.port, victim_file)
+    try:
+        victim = wait_new_staging_pid(staging, set())
+        other_sender = start_storescu(d.port, other_file)
+        try:
+            other_worker = wait_new_staging_pid(staging, {victim})
+            assert other_sender.poll() is None and victim_sender.poll() is None
+            os.kill(victim, signal.SIGKILL)
+            assert victim_sender.wait(30) != 0  # its peer sees the association end
+            assert other_sender.wait(30) == 0, other_sender.stderr.read().decode() + d.log()
+        finally:
+            stop_process(other_sender)
+    finally:
+        stop_process(victim_sender)
+    (stored,) = d.stored_files()
+    expected = pydicom.dcmread(other_file)
+    received = pydicom.dcmread(stored)
+    assert stored.name == f"SC.{expected.SOPInstanceUID}"
+    assert received.PixelData == expected.PixelData
+    deadline = time.monotonic() + 10
+    while list(staging.glob("*.part")) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert list(staging.glob("*.part")) == []  # the killed worker's partial file is gone
+    assert other_worker in children_of(d.pid) and victim not in children_of(d.pid)
+
+
 def test_worker_that_cannot_boot_stops_the_daemon(daemon_factory, tmp_path: Path) -> None:
     out = tmp_path / "vanishing"
     out.mkdir()
