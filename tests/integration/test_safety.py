@@ -156,6 +156,16 @@ def test_same_instance_twice(daemon_factory, tmp_path: Path, policy: str, expect
         assert "already exists, overwriting" in d.log()
 
 
+@pytest.mark.parametrize("flags,shown", [((), True), (("-q",), False)], ids=["default", "quiet"])
+def test_quiet_hides_the_overwrite_warning(daemon_factory, flags: tuple[str, ...], shown: bool) -> None:
+    d = daemon_factory(*flags)
+    for _ in range(2):
+        result = storescu(d.port, [TEST_FILES / "CT_small.dcm"])
+        assert result.returncode == 0, result.stderr
+    assert len(d.stored_files()) == 1
+    assert ("already exists, overwriting" in d.log()) is shown, d.log()
+
+
 @pytest.mark.parametrize("flags", [(), ("+B",)], ids=["default", "bit-preserving"])
 def test_big_object_memory_stays_flat(daemon_factory, tmp_path: Path, flags: tuple[str, ...]) -> None:
     """A 256 MiB object must not cost 256 MiB of memory in the process that receives it."""

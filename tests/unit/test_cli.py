@@ -176,3 +176,24 @@ def test_documented_config_file_is_generated_from_the_table() -> None:
 
     committed = (Path(__file__).resolve().parents[2] / "etc" / "storescpd.toml").read_text()
     assert committed == documented_defaults(), "regenerate: python -m storescpd.config > etc/storescpd.toml"
+
+
+@pytest.mark.parametrize("argv", [["--version"], ["--version", "-od", "/nonexistent", "104"]])
+def test_version_prints_ours_and_the_dcmtk_line_and_exits_0(argv: list[str],
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    from storescpd import __version__
+
+    assert cli.main(argv) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == f"storescpd v{__version__}"
+    assert lines[1] == "(DCMTK storescp 3.6.7 command line compatible)"
+
+
+def test_version_from_the_installed_command_exits_0() -> None:
+    import subprocess
+
+    from tests.conftest import STORESCPD
+
+    result = subprocess.run([STORESCPD, "--version"], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert "(DCMTK storescp 3.6.7 command line compatible)" in result.stdout
