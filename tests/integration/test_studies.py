@@ -174,6 +174,59 @@ def test_eostudy_timeout_fires_once_about_two_seconds_after_the_last_object(mode
     assert len(wait_calls(calls, 1)) == 1
 
 
+SLOW_FAILING_HOOK = """#!{python}
+import sys, time
+time.sleep(1.0)
+with open({stamp!r}, "w") as out:
+    out.write(repr(time.time()))
+sys.exit(7)
+"""
+
+
+def slow_failing_hook(directory: Path) -> tuple[Path, Path]:
+    """A hook that takes 1 s, writes when it finished (time.time()) and exits with status 7."""
+    stamp = directory / "hook-finished"
+    script = directory / "slow_failing_hook.py"
+    script.write_text(SLOW_FAILING_HOOK.format(python=sys.executable, stamp=str(stamp)))
+    script.chmod(0o755)
+    return script, stamp
+
+
+@pytest.mark.parametrize("mode", ["--single-process", "--prefork"])
+def test_synchronous_failing_hook_runs_before_the_store_returns_and_its_status_is_logged(
+        mode: str, daemon_factory, tmp_path: Path) -> None:
+    files = make_objects(tmp_path / "objects")
+    script, stamp = slow_failing_hook(tmp_path)
+    daemon = daemon_factory(mode, "-xs", "-xcr", f"{script} #f")
+    started = time.monotonic()
+    result = storescu(daemon.port, [files["A1"]], "-v")
+    returned, elapsed = time.time(), time.monotonic() - started
+    assert result.returncode == 0, result.stderr
+    assert "Received Store Response (Success)" in result.stderr, result.stderr  # exit 7 changes nothing
+    assert (daemon.output / "CT.1.2.826.0.1.3680043.2.1143.78.1").is_file()
+    assert elapsed >= 1.0, f"the store returned after {elapsed:.2f} s: the hook did not run synchronously"
+    assert stamp.exists() and float(stamp.read_text()) <= returned  # written before storescu returned
+    deadline = time.monotonic() + 10
+    while "exited with status 7" not in daemon.log() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert re.search(r"--exec-on-reception \(pid \d+\) exited with status 7", daemon.log()), daemon.log()
+
+
+def test_asynchronous_slow_hook_does_not_delay_the_store(daemon_factory, tmp_path: Path) -> None:
+    files = make_objects(tmp_path / "objects")
+    script, stamp = slow_failing_hook(tmp_path)
+    daemon = daemon_factory("--prefork", "-xcr", f"{script} #f")
+    started = time.monotonic()
+    result = storescu(daemon.port, [files["A1"]])
+    elapsed = time.monotonic() - started
+    assert result.returncode == 0, result.stderr
+    assert elapsed < 1.0, f"the store took {elapsed:.2f} s behind an asynchronous hook"
+    deadline = time.monotonic() + 10
+    while "exited with status 7" not in daemon.log() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert "exited with status 7" in daemon.log(), daemon.log()
+
+
 # ---- injection through real associations ---------------------------------------------------
 
 EVIL_AE_TITLES = ['x";touch PWNED;"', "$(touch PWNED)", "`touch PWNED`", "-rf", "a;touch PWNED"]
