@@ -303,15 +303,24 @@ def test_hostile_uids_never_leave_the_output_directory(uid: str, daemon_factory,
     finally:
         pydicom_config.settings.writing_validation_mode = mode
     assert instance_status == 0x0000  # stored, with '/' made '_' as DCMTK does
+    sanitised = "CT." + uid.replace("/", "_")
     stored = [p for p in tmp_path.rglob("*") if p.is_file() and p.name.startswith("CT.")]
     assert all(daemon.output in p.parents for p in stored)
-    assert any(p.name == "CT." + uid.replace("/", "_") for p in stored)
+    assert (daemon.output / STUDIES["A"][0] / sanitised).is_file()
     if uid in (".", ".."):
         assert study_status == 0xC000  # DCMTK 3.6.7 stores a ".." study above -od with success
+        expected_files = [sanitised]
     else:
         assert study_status == 0x0000
-        received = wait_calls(calls, 2)  # the hostile study's object, then the sanitised instance
-        assert len(received) == 2
-        assert all(Path(call["argv"][0]).parent == daemon.output for call in received)
-    assert not list(tmp_path.rglob("PWNED")) and not Path("/PWNED").exists()
+        expected_files = ["CT.1.2.826.0.1.3680043.2.1143.78.1", sanitised]
+    # The hostile study's object (if stored), then the instance: "#p #f" is exactly two arguments.
+    received = wait_calls(calls, len(expected_files))
+    assert sorted(call["argv"][1:] for call in received) == sorted([name] for name in expected_files)
+    assert all(len(call["argv"]) == 2 and Path(call["argv"][0]).parent == daemon.output for call in received)
+    instance_call = next(call for call in received if call["argv"][1] == sanitised)
+    assert (Path(instance_call["argv"][0]) / sanitised).is_file()
+    time.sleep(0.3)
+    assert len(wait_calls(calls, len(expected_files))) == len(expected_files)  # no extra call
+    assert not [p for p in tmp_path.rglob("*") if p.name == "PWNED"] and not Path("/PWNED").exists()
+    assert not Path("PWNED").exists()  # nor in the test's working directory
     assert not (daemon.output.parent / "CT.1.2.826.0.1.3680043.2.1143.78.1").exists()
