@@ -94,6 +94,33 @@ def test_command_and_dataset_uids_differ(daemon_factory, tmp_path: Path) -> None
     assert "differs from the C-STORE request" in d.log()
 
 
+def space_padded_file(path: Path, uid: str, padded: str) -> Path:
+    """The C-STORE command (from the meta) carries `uid`, the data set's SOP Instance UID `padded`."""
+    assert len(uid) % 2 == 1 and len(padded) == len(uid) + 1  # pydicom pads `uid` with one NUL
+    data = crafted_file(path, uid, uid).read_bytes()
+    assert data.count(uid.encode() + b"\0") == 2
+    at = data.rindex(uid.encode() + b"\0")  # the data set's copy comes after the meta's
+    path.write_bytes(data[:at] + padded.encode() + data[at + len(padded):])
+    return path
+
+
+PADDED_UID = "1.2.826.0.1.3680043.10.5.77"
+
+
+@pytest.mark.parametrize("padded", [PADDED_UID + " ", " " + PADDED_UID], ids=["trailing", "leading"])
+@pytest.mark.parametrize("flags", [(), ("-up",)], ids=["default", "uid-padding"])
+def test_space_padded_dataset_uid_is_treated_as_dcmtk_does(daemon_factory, dcmtk_storescp, tmp_path: Path,
+                                                            flags: tuple[str, ...], padded: str) -> None:
+    # DCMTK 3.6.7 strips the spaces whether or not -up is given (dcmdata's automatic input data
+    # correction is on by default), answers Success and names the file by the unpadded UID.
+    path = space_padded_file(tmp_path / "padded.dcm", PADDED_UID, padded)
+    ours, theirs = daemon_factory(*flags), dcmtk_storescp(*flags)
+    assert send_raw(theirs.port, path) == STATUS_SUCCESS
+    assert [p.name for p in theirs.stored_files()] == [f"CT.{PADDED_UID}"]
+    assert send_raw(ours.port, path) == STATUS_SUCCESS, ours.log()
+    assert [p.name for p in ours.stored_files()] == [f"CT.{PADDED_UID}"]
+
+
 def test_command_and_dataset_sop_classes_differ(daemon_factory, tmp_path: Path) -> None:
     ct, mr = "1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.5.1.4.1.1.4"  # same length: patched in place
     path = crafted_file(tmp_path / "class.dcm", "1.2.3.4", "1.2.3.4")
