@@ -23,3 +23,14 @@ def test_committed_conformance_statement_is_generated() -> None:
 
     committed = (ROOT / "docs" / "conformance.md").read_text()
     assert committed == conformance(), "docs/conformance.md is stale: run .venv/bin/python -m storescpd.conformance > docs/conformance.md"
+
+
+def test_man_page_configuration_section_names_every_toml_key() -> None:
+    from storescpd.config import SETTINGS
+    from storescpd.docs import man_configuration_section
+
+    text = man_configuration_section()
+    assert text.startswith("[CONFIGURATION FILE]")
+    keys = [line.split("\\fB", 1)[1].split("\\fR", 1)[0] for line in text.splitlines()
+            if line.startswith("\\fB") and " = " in line]
+    assert sorted(keys) == sorted(s.name for s in SETTINGS if s.in_file)  # what a TOML file may hold
