@@ -80,6 +80,18 @@ def test_ready_then_stopping_and_clean_exit(daemon_factory) -> None:
     assert "MAINPID=" in messages
 
 
+def test_notify_sequence_through_a_reload(daemon_factory) -> None:
+    """What systemd sees over a life: READY, RELOADING (with MONOTONIC_USEC), READY, STOPPING."""
+    d = daemon_factory("--workers", "2")
+    os.kill(d.pid, signal.SIGHUP)
+    d.notify.wait_for("READY=1", after="RELOADING=1")
+    assert echoscu(d.port).returncode == 0
+    assert d.stop(signal.SIGTERM) == 0
+    fields = [field.split("=", 1)[0] for m in d.notify.messages for field in m.split("\n")
+              if field.split("=", 1)[0] in ("READY", "RELOADING", "STOPPING", "MONOTONIC_USEC")]
+    assert fields[:5] == ["READY", "RELOADING", "MONOTONIC_USEC", "READY", "STOPPING"], fields
+
+
 @pytest.mark.parametrize("mode", [("--workers", "4"), ("--fork",)])
 def test_eight_parallel_senders_all_files_stored(daemon_factory, tmp_path: Path, mode: tuple[str, ...]) -> None:
     d = daemon_factory("-v", *mode)
