@@ -810,7 +810,8 @@ def _event_conflicts(v: dict[str, Any], given: frozenset[str]) -> list[str]:
     for name, option in (("exec_on_eostudy", "--exec-on-eostudy"), ("rename_on_eostudy", "--rename-on-eostudy")):
         if v.get(name) and not v.get("sort"):
             problems.append(f"{option} only allowed with {sorts}")
-    if ("eostudy_timeout" in given or v.get("eostudy_timeout")) and not (v.get("sort") or v.get("exec_on_eostudy") or v.get("rename_on_eostudy")):
+    timeout_given = "eostudy_timeout" in given or v.get("eostudy_timeout")
+    if timeout_given and not (v.get("sort") or v.get("exec_on_eostudy") or v.get("rename_on_eostudy")):
         problems.append("--eostudy-timeout only allowed with --sort-conc-studies, --sort-on-study-uid, "
                         "--sort-on-patientname, --exec-on-eostudy or --rename-on-eostudy")
     return problems

@@ -298,14 +298,10 @@ class Association:
         except OSError:
             pass
 
-    def cut(self) -> None:
-        """End the association from a signal handler of the serving thread: no A-ABORT (that
-        would need the send lock the interrupted code may hold), the connection is shut down."""
-        self._aborted_locally = True
-        try:
-            socket.socket.shutdown(self.sock, socket.SHUT_RDWR)
-        except OSError:
-            pass
+    def abort_from_signal_handler(self) -> None:
+        """abort() for a signal handler that interrupted the serving thread: in a thread of its
+        own, because the interrupted code may hold the send lock."""
+        threading.Thread(target=self.abort, daemon=True).start()
 
     # ---- association establishment ------------------------------------------
     def establish(self) -> bool:

@@ -125,7 +125,7 @@ def _feed_watchdog(state: _SingleProcess, interval: float) -> None:
 def run_single(config: Config, listener: socket.socket) -> int:
     """DCMTK's default: one process, one association at a time.
 
-    SIGTERM lets the running association finish, up to --graceful-timeout (then it is cut off),
+    SIGTERM lets the running association finish, up to --graceful-timeout (then it is aborted),
     and exits 0; SIGHUP cannot reload here (there are no workers to replace) and says so instead
     of killing the process. Progress of the association keeps systemd's watchdog fed.
     """
@@ -143,7 +143,7 @@ def run_single(config: Config, listener: socket.socket) -> int:
     def drain_expired(signum: int, frame: object) -> None:
         if state.running is not None:
             LOG.warning("graceful timeout (%s s): aborting the running association", config.graceful_timeout)
-            state.running.cut()
+            state.running.abort_from_signal_handler()
 
     def no_reload(signum: int, frame: object) -> None:
         LOG.warning("SIGHUP ignored: reloading needs the pre-fork or --fork mode; restart to apply changes")

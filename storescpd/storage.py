@@ -313,17 +313,17 @@ def read_identifiers(path: Path, offset: int, transfer_syntax: str,
 
     ``head`` (the start of the data set, kept in memory as it arrived) spares reading the file
     back when the identifiers are in it; ``head_is_whole`` says it holds the whole data set."""
-    if head and transfer_syntax != _DEFLATED:
-        quick = _scan_identifiers(head, transfer_syntax == _IMPLICIT_LE, transfer_syntax != _EXPLICIT_BE,
-                                  complete=head_is_whole)
-        if quick is not None:
-            return quick
-    with open(path, "rb") as fh:
-        fh.seek(offset)
-        if transfer_syntax != _DEFLATED:
-            window = fh.read(_SCAN_WINDOW)
-            quick = _scan_identifiers(window, transfer_syntax == _IMPLICIT_LE, transfer_syntax != _EXPLICIT_BE,
-                                      complete=len(window) < _SCAN_WINDOW)
+    if transfer_syntax != _DEFLATED:
+        implicit, little = transfer_syntax == _IMPLICIT_LE, transfer_syntax != _EXPLICIT_BE
+        if head:
+            quick = _scan_identifiers(head, implicit, little, complete=head_is_whole)
+            if quick is not None:
+                return quick
+        if not head_is_whole:  # the walk may get further on more of the data set, from the file
+            with open(path, "rb") as fh:
+                fh.seek(offset)
+                window = fh.read(_SCAN_WINDOW)
+            quick = _scan_identifiers(window, implicit, little, complete=len(window) < _SCAN_WINDOW)
             if quick is not None:
                 return quick
     return _identifiers_by_pydicom(path, offset, transfer_syntax)

@@ -8,7 +8,6 @@ import select
 import signal
 import socket
 import sys
-import threading
 from typing import Any
 
 from . import ipc, studies
@@ -81,7 +80,7 @@ class Worker:
         assoc = self.current
         if assoc is not None:
             LOG.warning("aborting the running association on request")
-            threading.Thread(target=assoc.abort, daemon=True).start()
+            assoc.abort_from_signal_handler()
 
     def _loop(self) -> None:
         sock = self.channel.sock
