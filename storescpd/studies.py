@@ -201,15 +201,13 @@ class TrackerSettings:
     output_directory: str  # as configured: #p is built from it, as DCMTK does
     on_reception: bool
     on_end_of_study: bool
-    absolute_output_directory: str = ""  # where the folders are (default: output_directory)
 
     @classmethod
     def from_config(cls, config: Config) -> "TrackerSettings":
         sort = config.sort or [None, ""]
         return cls(sort[0], sort[1] if len(sort) > 1 else "", bool(config.rename_on_eostudy),
                    float(config.eostudy_timeout or 0), str(config.output_directory),
-                   bool(config.exec_on_reception), bool(config.exec_on_eostudy),
-                   str(Path(config.output_directory).resolve()))
+                   bool(config.exec_on_reception), bool(config.exec_on_eostudy))
 
 
 class StudyTracker:
@@ -227,15 +225,15 @@ class StudyTracker:
         self.open: dict[str, Study] = {}
 
     def place(self, sender: str, study_uid: str, patient: str, now: float, wall: float,
-              output_directory: str | None = None, absolute: str | None = None) -> tuple[str, list[dict]]:
+              output_directory: str | None = None) -> tuple[str, list[dict]]:
         """The folder for an object of ``study_uid`` from ``sender``; the studies this ends.
 
-        ``output_directory`` (as configured) and ``absolute`` are where the asking process stores:
-        a worker still serving an association begun before a reload keeps the old -od.
+        ``output_directory`` (as configured) is where the asking process stores: a worker still
+        serving an association begun before a reload keeps the old -od.
         """
         if output_directory is None:
-            output_directory, absolute = self.settings.output_directory, self._absolute_output_directory()
-        absolute = absolute or os.path.abspath(output_directory)
+            output_directory = self.settings.output_directory
+        absolute = os.path.realpath(output_directory)  # as the worker's Path.resolve()
         if not study_uid:
             raise UnsafeName("element StudyInstanceUID (0020,000d) absent or empty in data set")
         if self.settings.sort is None:
@@ -332,9 +330,6 @@ class StudyTracker:
         base = self.settings.output_directory if output_directory is None else output_directory
         return os.path.join(base, folder) if folder else base
 
-    def _absolute_output_directory(self) -> str:
-        return self.settings.absolute_output_directory or os.path.abspath(self.settings.output_directory)
-
     def snapshot(self) -> list[dict[str, Any]]:
         return [s.as_dict() for s in self.open.values()]
 
@@ -401,7 +396,7 @@ class StudyService:
             folder, ended = self.tracker.place(sender, str(request.get("study_uid") or ""),
                                                str(request.get("patient") or ""), time.monotonic(),
                                                float(request.get("wall") or time.time()),
-                                               request.get("output_directory"), request.get("directory"))
+                                               request.get("output_directory"))
         except UnsafeName as exc:
             return {"error": str(exc)}
         if ended:
@@ -432,8 +427,7 @@ class StudyService:
         handed_back = []
         for action in actions:
             if action["action"] == "rename":
-                directory = Path(action.get("directory") or self.output_dir / action["folder"])
-                rename_study(directory, action["files"], self.config.fsync)
+                rename_study(Path(action["directory"]), action["files"], self.config.fsync)
                 continue
             if hand_back:
                 handed_back.append(action)
@@ -557,8 +551,7 @@ class StudyClient:
         if self.config.sort[0] == "patientname":
             patient = patient_folder_part(ids.patient_name, ids.specific_character_set)
         reply = self.transport.place({"study_uid": uid, "patient": patient, "wall": time.time(),
-                                      "output_directory": str(self.config.output_directory),
-                                      "directory": str(ctx.output_dir)})
+                                      "output_directory": str(self.config.output_directory)})
         if not reply or reply.get("error"):
             raise UnsafeName((reply or {}).get("error") or "no study folder (supervisor unavailable)")
         folder = reply["folder"]

@@ -307,15 +307,15 @@ def test_a_study_begun_before_a_reload_is_renamed_and_announced_where_its_files_
 
 
 def test_a_study_never_spans_two_output_directories(tmp_path: Path) -> None:
-    cfg = config(output_directory="old", sort=["studyuid", ""], exec_on_eostudy="/bin/echo #p")
+    old, new = str(tmp_path / "old"), str(tmp_path / "new")
+    cfg = config(output_directory=old, sort=["studyuid", ""], exec_on_eostudy="/bin/echo #p")
     service, started = service_with_recorded_hooks(cfg)
-    where_old = {"output_directory": "old", "directory": str(tmp_path / "old")}
-    store(service, "1.2.3", "CT.1", **where_old)
-    service.reconfigure(cfg.replace(output_directory="new"))
-    store(service, "1.2.3", "CT.2", **where_old)  # a worker of before the reload: same study
+    store(service, "1.2.3", "CT.1", output_directory=old)
+    service.reconfigure(cfg.replace(output_directory=new))
+    store(service, "1.2.3", "CT.2", output_directory=old)  # a worker of before the reload: same study
     assert started == []
-    store(service, "1.2.3", "CT.3", output_directory="new", directory=str(tmp_path / "new"))
-    assert started == [["/bin/echo", "old/1.2.3"]]  # ended in the old directory, begun in the new
+    store(service, "1.2.3", "CT.3", output_directory=new)
+    assert started == [["/bin/echo", f"{old}/1.2.3"]]  # ended in the old directory, begun in the new
     assert [s["folder"] for s in service.tracker.snapshot()] == ["1.2.3"]
     assert service.tracker.open["1.2.3"].directory == str(tmp_path / "new" / "1.2.3")
 
