@@ -2,7 +2,7 @@
 
 DCMTK's storescp (single process) is the reference for the folder layout, the renamed names and
 the hook calls; storescpd must give the same in every process mode (the supervisor tracks the
-studies across workers). Timestamps in folder names are compared by pattern.
+studies across workers). Timestamps in folder names are compared by pattern and named by the study the folder holds.
 """
 
 from __future__ import annotations
@@ -83,10 +83,23 @@ def wait_calls(calls: Path, count: int, timeout: float = 15.0) -> list[dict]:
     raise AssertionError(f"{calls.name}: {len(lines)} hook calls, expected {count}")
 
 
+def study_in(folder: Path) -> str:
+    """The label (A, B, C) of the study whose objects a sorted folder holds."""
+    labels = {uid: label for label, (uid, _) in STUDIES.items()}
+    found = {labels[pydicom.dcmread(f, stop_before_pixels=True).StudyInstanceUID]
+             for f in folder.iterdir() if f.is_file()}
+    assert len(found) == 1, f"{folder.name} holds studies {sorted(found)}"
+    return found.pop()
+
+
 def normalise(output: Path, calls: list[dict]) -> tuple[list[str], list[list[str]]]:
-    """Layout and hook calls with folder timestamps replaced by their order of creation."""
-    folders = sorted(p.name for p in output.iterdir() if p.is_dir() and not p.name.startswith("."))
-    symbol = {name: TIMESTAMP.sub(f"T{i}", name) for i, name in enumerate(folders)}
+    """Layout and hook calls with each folder's timestamp replaced by the study it holds.
+
+    Not by the order of the names: the wall clock can step back between two studies (a fresh
+    machine's time synchronisation did, in CI), and then a later study's folder sorts first.
+    """
+    folders = [p for p in output.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    symbol = {folder.name: TIMESTAMP.sub(f"T{study_in(folder)}", folder.name) for folder in folders}
 
     def clean(text: str) -> str:
         text = text.replace(str(output), "OUT")
