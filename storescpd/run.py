@@ -50,7 +50,7 @@ def run(config: Config, argv: Sequence[str]) -> int:
     tls.note_listeners(listeners)  # a dicom-tls listener keeps the dicom one plain
     if config.process_mode == "single":
         studies.use_local(config)  # study state and hooks in this process, as in DCMTK
-        return run_single(config, listeners["dicom"][0])
+        return run_single(config, listeners)
     from .control import ControlPlane
     from .supervisor import Supervisor
 
@@ -122,8 +122,9 @@ def _feed_watchdog(state: _SingleProcess, interval: float) -> None:
         state.keepalive()
 
 
-def run_single(config: Config, listener: socket.socket) -> int:
-    """DCMTK's default: one process, one association at a time.
+def run_single(config: Config, listeners: dict[str, list[socket.socket]]) -> int:
+    """DCMTK's default: one process, one association at a time, from any DICOM listener
+    (``dicom`` and, with --tls-port or a socket of that name, ``dicom-tls``).
 
     SIGTERM lets the running association finish, up to --graceful-timeout (then it is aborted),
     and exits 0; SIGHUP cannot reload here (there are no workers to replace) and says so instead
@@ -155,7 +156,9 @@ def run_single(config: Config, listener: socket.socket) -> int:
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGALRM, drain_expired)
     signal.signal(signal.SIGHUP, no_reload)
-    LOG.info("listening on %s (single process)", listener.getsockname())
+    roles = {sock: role for role, socks in listeners.items() for sock in socks}
+    for sock, role in roles.items():
+        LOG.info("listening on %s (%s, single process)", sock.getsockname(), role)
     if config.api:
         LOG.warning("the control API (api = %s) runs only in the pre-fork and --fork modes: not started", config.api)
     notify("READY=1", "STATUS=listening, single process")
@@ -168,12 +171,16 @@ def run_single(config: Config, listener: socket.socket) -> int:
     try:
         while not state.stopping:
             state.keepalive()
-            ready, _, _ = select.select([listener], [], [], 1.0)
+            ready, _, _ = select.select(list(roles), [], [], 1.0)
             if not ready:
                 continue
-            conn, _addr = listener.accept()
             try:
-                serve_association(conn, config, emit=state.event, on_association=on_association)
+                conn, _addr = ready[0].accept()
+            except OSError:  # the peer gave up before we took it (ECONNABORTED and alike)
+                continue
+            try:
+                serve_association(conn, config, emit=state.event, on_association=on_association,
+                                  role=roles[ready[0]])
             except Exception:
                 LOG.exception("association failed")
             finally:

@@ -164,9 +164,10 @@ def test_stalled_handshake_is_bounded_by_acse_timeout(daemon_factory, pki: Pki) 
         stalled.close()
 
 
-def test_tls_port_beside_the_plain_port(daemon_factory, pki: Pki) -> None:
+@pytest.mark.parametrize("mode", ["--prefork", "--single-process"])
+def test_tls_port_beside_the_plain_port(mode: str, daemon_factory, pki: Pki) -> None:
     tls_port = free_port()
-    d = daemon_factory(*server_tls(pki), "--tls-port", str(tls_port), "--bind", "127.0.0.1")
+    d = daemon_factory(mode, *server_tls(pki), "--tls-port", str(tls_port), "--bind", "127.0.0.1")
     assert echoscu(d.port).returncode == 0, d.log()  # the main port stays plain
     deadline = time.monotonic() + 10
     while (result := echoscu(tls_port, *client_tls(pki))).returncode != 0 and time.monotonic() < deadline:
