@@ -36,7 +36,7 @@ TIMESTAMP = re.compile(r"\d{8}_\d{9}")
 RECORDER = """#!{python}
 import json, sys, time
 with open({calls!r}, "a") as out:
-    out.write(json.dumps({{"t": time.time(), "argv": sys.argv[1:]}}) + "\\n")
+    out.write(json.dumps({{"t": time.monotonic(), "argv": sys.argv[1:]}}) + "\\n")
 """
 
 
@@ -176,7 +176,7 @@ def test_eostudy_timeout_fires_once_about_two_seconds_after_the_last_object(mode
     script, calls = recorder(tmp_path, "hook")
     daemon = daemon_factory(mode, "-ss", "P", "-tos", "2", "-rns", "-xcs", f"{script} #p")
     result = storescu(daemon.port, [files["A1"], files["A2"]])
-    last = time.time()
+    last = time.monotonic()  # CLOCK_MONOTONIC is system-wide: comparable with the hook's
     assert result.returncode == 0, result.stderr
     (call,) = wait_calls(calls, 1, timeout=10)
     assert 1.5 <= call["t"] - last <= 4.0
@@ -191,13 +191,13 @@ SLOW_FAILING_HOOK = """#!{python}
 import sys, time
 time.sleep(1.0)
 with open({stamp!r}, "w") as out:
-    out.write(repr(time.time()))
+    out.write(repr(time.monotonic()))
 sys.exit(7)
 """
 
 
 def slow_failing_hook(directory: Path) -> tuple[Path, Path]:
-    """A hook that takes 1 s, writes when it finished (time.time()) and exits with status 7."""
+    """A hook that takes 1 s, writes when it finished (time.monotonic(), system-wide) and exits with status 7."""
     stamp = directory / "hook-finished"
     script = directory / "slow_failing_hook.py"
     script.write_text(SLOW_FAILING_HOOK.format(python=sys.executable, stamp=str(stamp)))
@@ -213,7 +213,8 @@ def test_synchronous_failing_hook_runs_before_the_store_returns_and_its_status_i
     daemon = daemon_factory(mode, "-xs", "-xcr", f"{script} #f")
     started = time.monotonic()
     result = storescu(daemon.port, [files["A1"]], "-v")
-    returned, elapsed = time.time(), time.monotonic() - started
+    returned = time.monotonic()
+    elapsed = returned - started
     assert result.returncode == 0, result.stderr
     assert "Received Store Response (Success)" in result.stderr, result.stderr  # exit 7 changes nothing
     assert (daemon.output / "CT.1.2.826.0.1.3680043.2.1143.78.1").is_file()
