@@ -7,7 +7,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from .config import Config
 from .convert import Encoding, convert, encoding_for
@@ -19,6 +19,7 @@ from .storage import (
     StagingFile,
     UnsafeName,
     publish,
+    publish_new,
     read_identifiers,
 )
 
@@ -190,7 +191,10 @@ def _store(event: Any, ctx: StoreContext, sop_class: str, sop_instance: str) -> 
         if policy == "unique" and final.exists():
             final = final.with_name(ctx.naming.unique_variant(sop_class))
             policy = "keep-first"
-        stored = publish(staged, final, policy, ctx.config.fsync)
+        if ctx.naming.timenames:  # a new name per object: never replace, whatever on_duplicate says
+            stored = publish_new(staged, _time_names(final), ctx.config.fsync)
+        else:
+            stored = publish(staged, final, policy, ctx.config.fsync)
     except OSError as exc:
         staged.discard()
         LOG.error("cannot store %s: %s; answering Out of Resources", final, exc.strerror or exc)
@@ -241,8 +245,6 @@ def _mismatch(ids: Identifiers, sop_class: str, sop_instance: str, uid_padding: 
 def _final_path(ctx: StoreContext, sop_class: str, sop_instance: str, folder: str | None = None) -> Path:
     directory = ctx.output_dir / folder if folder else ctx.output_dir
     name = ctx.naming.name(sop_class, sop_instance)
-    if ctx.naming.timenames:
-        name = _serialised(directory, name)
     path = directory / name
     leaves = folder is not None and (directory.parent != ctx.output_dir or folder in (".", ".."))
     if leaves or path.parent != directory or os.sep in name or name in (".", ".."):
@@ -250,16 +252,12 @@ def _final_path(ctx: StoreContext, sop_class: str, sop_instance: str, folder: st
     return path
 
 
-def _serialised(directory: Path, name: str) -> str:
+def _time_names(first: Path) -> Iterator[Path]:
     """DCMTK's -tn: a second file in the same millisecond gets _0000, _0001, ..."""
-    if not (directory / name).exists():
-        return name
-    stamp, rest = name.split(".", 1)
+    yield first
+    stamp, rest = first.name.split(".", 1)
     for serial in range(10000):
-        candidate = f"{stamp}_{serial:04d}.{rest}"
-        if not (directory / candidate).exists():
-            return candidate
-    raise UnsafeName(f"more than 10000 files named {name} in one millisecond")
+        yield first.with_name(f"{stamp}_{serial:04d}.{rest}")
 
 
 def _drop(ctx: StoreContext) -> None:

@@ -13,7 +13,7 @@ import re
 import struct
 import threading
 import time
-from collections.abc import MutableSequence
+from collections.abc import Iterable, MutableSequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -210,12 +210,9 @@ def publish(staged: StagingFile, final: Path, on_duplicate: str, fsync: bool) ->
     chooses another name for "unique" before calling.
     """
     if on_duplicate == "keep-first":
-        try:
-            os.link(staged.path, final)
-        except FileExistsError:
+        if not _claim(staged, final):
             staged.discard()
             return None
-        staged.path.unlink()
     else:
         if final.exists():
             LOG.warning("file %s already exists, overwriting", final)
@@ -223,6 +220,28 @@ def publish(staged: StagingFile, final: Path, on_duplicate: str, fsync: bool) ->
     if fsync:
         fsync_dir(final.parent)
     return final
+
+
+def publish_new(staged: StagingFile, names: Iterable[Path], fsync: bool) -> Path:
+    """Give the staged file the first of ``names`` no file has yet (-tn: several workers may
+    choose the same time name in the same millisecond; the name is claimed, never replaced)."""
+    for final in names:
+        if _claim(staged, final):
+            if fsync:
+                fsync_dir(final.parent)
+            return final
+    raise FileExistsError(errno.EEXIST, "every candidate name is taken", str(final))
+
+
+def _claim(staged: StagingFile, final: Path) -> bool:
+    """Link the staged file to ``final`` unless that name exists (atomic), then drop the
+    staging name; False if ``final`` was taken."""
+    try:
+        os.link(staged.path, final)
+    except FileExistsError:
+        return False
+    staged.path.unlink()
+    return True
 
 
 def fsync_dir(directory: Path) -> None:

@@ -20,7 +20,7 @@ from storescpd.handlers import (
     StoreContext,
     handle_store,
 )
-from storescpd.storage import Naming, UnsafeName, prepare_staging_dir, safe_uid_component
+from storescpd.storage import Naming, StagingFile, UnsafeName, prepare_staging_dir, publish_new, safe_uid_component
 from tests.conftest import TEST_FILES
 
 CT = TEST_FILES / "CT_small.dcm"
@@ -239,3 +239,22 @@ def test_success_only_after_file_fsync_rename_and_directory_fsync(tmp_path: Path
     nofsync = make_ctx(tmp_path / "nofsync", fsync=False)
     assert handle_store(receive(nofsync, CT), nofsync) == STATUS_SUCCESS
     assert steps == ["rename"]  # --no-fsync: the documented faster mode skips both
+
+
+def test_publish_new_claims_the_first_free_name_and_never_replaces(tmp_path: Path) -> None:
+    staging = prepare_staging_dir(tmp_path)
+    first = tmp_path / "20261201120000123.CT"
+    names = [first, first.with_name("20261201120000123_0000.CT"), first.with_name("20261201120000123_0001.CT")]
+    stored = []
+    for content in (b"one", b"two", b"three"):
+        staged = StagingFile(staging)
+        staged.file.write(content)
+        staged.finish(False)
+        stored.append(publish_new(staged, names, fsync=False))
+    assert stored == names
+    assert [p.read_bytes() for p in names] == [b"one", b"two", b"three"]
+    late = StagingFile(staging)
+    late.finish(False)
+    with pytest.raises(FileExistsError):
+        publish_new(late, names, fsync=False)
+    assert list(staging.iterdir()) == [late.path]  # the caller discards it

@@ -1,0 +1,57 @@
+"""-tn (time names) with several associations at once: every object keeps its own file.
+
+DCMTK names a second file of the same millisecond with _0000, _0001, ...; in one process that is
+a check then a write. Several workers store at the same time here, so the name is claimed
+atomically (a file is never replaced by another object's file that chose the same name).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import copy
+from pathlib import Path
+
+import pydicom
+import pytest
+from pydicom.data import get_testdata_file
+
+from tests.conftest import require_dcmtk, storescu
+
+pytestmark = pytest.mark.timeout(300)
+
+ASSOCIATIONS = 4
+OBJECTS_EACH = 150
+
+
+def setup_module() -> None:
+    require_dcmtk()
+
+
+def small_objects(directory: Path, count: int, first: int) -> list[Path]:
+    """Small CT objects, each with its own SOP Instance UID, pixel data dropped."""
+    base = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    del base.PixelData
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for n in range(first, first + count):
+        ds = copy.deepcopy(base)
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = f"1.2.826.0.1.3680043.2.1143.79.{n}"
+        paths.append(directory / f"{n}.dcm")
+        ds.save_as(paths[-1], enforce_file_format=True)
+    return paths
+
+
+@pytest.mark.parametrize("mode", ["--prefork", "--fork"])
+def test_parallel_associations_lose_no_object_under_time_names(mode: str, daemon_factory, tmp_path: Path) -> None:
+    batches = [small_objects(tmp_path / f"batch{i}", OBJECTS_EACH, i * OBJECTS_EACH) for i in range(ASSOCIATIONS)]
+    daemon = daemon_factory(mode, "--workers", str(ASSOCIATIONS), "-tn", "--no-fsync")
+    with concurrent.futures.ThreadPoolExecutor(ASSOCIATIONS) as pool:
+        results = list(pool.map(lambda batch: storescu(daemon.port, batch), batches))
+    assert all(r.returncode == 0 for r in results), [r.stderr[-500:] for r in results]
+    stored = [p for p in daemon.output.iterdir() if p.is_file()]
+    uids = {pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID for p in stored}
+    assert len(uids) == ASSOCIATIONS * OBJECTS_EACH, (
+        f"{ASSOCIATIONS * OBJECTS_EACH - len(uids)} objects acknowledged but not on disk; "
+        f"{sum('overwriting' in line for line in daemon.log().splitlines())} overwrites logged")
+    assert len(stored) == len(uids)
+    assert all(p.name[:17].isdigit() and p.name.split(".")[1] == "CT" for p in stored)
