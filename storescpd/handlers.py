@@ -187,14 +187,13 @@ def _store(event: Any, ctx: StoreContext, sop_class: str, sop_instance: str) -> 
         LOG.error("%s (from %s at %s); answering 0xC000, nothing stored", exc, ctx.calling_ae, ctx.peer)
         return STATUS_CANNOT_UNDERSTAND, None
     try:
-        policy = ctx.config.on_duplicate
-        if policy == "unique" and final.exists():
-            final = final.with_name(ctx.naming.unique_variant(sop_class))
-            policy = "keep-first"
         if ctx.naming.timenames:  # a new name per object: never replace, whatever on_duplicate says
             stored = publish_new(staged, _time_names(final), ctx.config.fsync)
+        elif ctx.config.on_duplicate == "unique":  # taken, even by a worker storing it right now: a new name
+            unique = final.with_name(ctx.naming.unique_variant(sop_class))
+            stored = publish_new(staged, [final, unique], ctx.config.fsync)
         else:
-            stored = publish(staged, final, policy, ctx.config.fsync)
+            stored = publish(staged, final, ctx.config.on_duplicate, ctx.config.fsync)
     except OSError as exc:
         staged.discard()
         LOG.error("cannot store %s: %s; answering Out of Resources", final, exc.strerror or exc)
