@@ -22,6 +22,7 @@ import os
 import socket
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Protocol
@@ -115,20 +116,28 @@ def check_folder(name: str) -> None:
         raise UnsafeName(f"study folder name {name!r} would not be a folder inside the output directory")
 
 
+# Study folders whose directory entry this process has made durable (the most recent few).
+_durable_folders: OrderedDict[Path, None] = OrderedDict()
+DURABLE_FOLDERS_KEPT = 64
+
+
 def ensure_folder(output_dir: Path, folder: str, fsync: bool) -> Path:
-    """Create the study folder; its new directory entry is made durable before any object in it
-    is acknowledged."""
+    """Create the study folder; its directory entry is made durable before any object in it
+    is acknowledged, also when another worker created it a moment ago and may not have
+    synced it yet (one fsync of the output directory per folder and process)."""
     check_folder(folder)
     path = output_dir / folder
     try:
         path.mkdir()
+        LOG.info("created new subdirectory for study: %s", path)
     except FileExistsError:
         if not path.is_dir() or path.is_symlink():
             raise UnsafeName(f"{path} exists and is not a folder: cannot store the study there") from None
-        return path
-    LOG.info("created new subdirectory for study: %s", path)
-    if fsync:
+    if fsync and path not in _durable_folders:
         fsync_dir(output_dir)
+        _durable_folders[path] = None
+        if len(_durable_folders) > DURABLE_FOLDERS_KEPT:
+            _durable_folders.popitem(last=False)
     return path
 
 

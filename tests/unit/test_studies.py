@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from storescpd import studies
 from storescpd.config import Config, defaults
 from storescpd.storage import UnsafeName
 from storescpd.studies import (
@@ -104,6 +105,19 @@ def test_ensure_folder_refuses_a_planted_symlink(tmp_path: Path) -> None:
     with pytest.raises(UnsafeName):
         ensure_folder(tmp_path, "PFX_1.2", fsync=False)
     assert ensure_folder(tmp_path, "PFX_1.3", fsync=True).is_dir()
+
+
+def test_a_folder_another_worker_created_is_made_durable_once_here(tmp_path: Path, monkeypatch) -> None:
+    synced: list[Path] = []
+    monkeypatch.setattr(studies, "fsync_dir", synced.append)
+    (tmp_path / "PFX_other").mkdir()  # created by another worker, which may not have synced it yet
+    for _ in range(3):
+        ensure_folder(tmp_path, "PFX_other", fsync=True)
+    ensure_folder(tmp_path, "PFX_mine", fsync=True)
+    ensure_folder(tmp_path, "PFX_mine", fsync=True)
+    assert synced == [tmp_path, tmp_path]  # once per folder, before its first object is acknowledged
+    ensure_folder(tmp_path, "PFX_quick", fsync=False)
+    assert len(synced) == 2
 
 
 def test_renamed_prefix_is_the_first_two_characters_of_dcmtk_file_prefix() -> None:
