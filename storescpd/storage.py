@@ -212,6 +212,8 @@ def publish(staged: StagingFile, final: Path, on_duplicate: str, fsync: bool) ->
     if on_duplicate == "keep-first":
         if not _claim(staged, final):
             staged.discard()
+            if fsync:  # the kept copy may have been linked a moment ago by another worker
+                fsync_dir(final.parent)
             return None
     else:
         if final.exists():

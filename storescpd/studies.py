@@ -130,6 +130,7 @@ def ensure_folder(output_dir: Path, folder: str, fsync: bool) -> Path:
     try:
         path.mkdir()
         LOG.info("created new subdirectory for study: %s", path)
+        _durable_folders.pop(path, None)  # created again (a hook moved it away): not durable yet
     except FileExistsError:
         if not path.is_dir() or path.is_symlink():
             raise UnsafeName(f"{path} exists and is not a folder: cannot store the study there") from None

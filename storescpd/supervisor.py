@@ -47,6 +47,7 @@ class Child:
     generation: int
     channel: socket.socket | None = None
     busy: bool = False
+    retiring: bool = False  # reached --max-requests: exits, takes no more connections
     served: int = 0
     started: float = field(default_factory=time.time)
     association: str | None = None
@@ -326,7 +327,9 @@ class Supervisor:
                 self.spawn_fork_child(p)
             else:
                 idle = next((c for c in self.children.values()
-                             if c.kind == "worker" and not c.busy and c.generation == self.generation), None)
+                             if c.kind == "worker" and not c.busy and not c.retiring
+                             and c.generation == self.generation
+                             and c.channel is not None), None)  # a closed channel: it is exiting
                 if idle is None:
                     return
                 self.hand_over(idle, p)
@@ -346,7 +349,8 @@ class Supervisor:
     def manage_workers(self) -> None:
         if self.stopping or self.mode != "prefork":
             return
-        current = [c for c in self.children.values() if c.kind == "worker" and c.generation == self.generation]
+        current = [c for c in self.children.values()
+                   if c.kind == "worker" and c.generation == self.generation and not c.retiring]
         for _ in range(self.config.workers - len(current)):
             if not self.spawn_worker():
                 return
@@ -429,6 +433,8 @@ class Supervisor:
                 return
             code = os.waitstatus_to_exitcode(status)
             child = self.children.pop(pid, None)
+            if child is not None:
+                self._drain_child(child)  # its last reports (a stored object) count before its exit
             for hook in self.event_hooks:
                 hook("child_exited", {"pid": pid, "code": code}, child)  # type: ignore[arg-type]
             if child is None:
@@ -484,7 +490,8 @@ class Supervisor:
 
     # ---- worker messages -----------------------------------------------------
     def read_child(self, child: Child) -> None:
-        assert child.channel is not None
+        if child.channel is None:  # closed earlier in this turn (EOF seen while catching up)
+            return
         for _ in range(100):
             try:
                 message, fds = ipc.receive(child.channel)
@@ -549,6 +556,7 @@ class Supervisor:
             child.association = None
         elif kind == "idle":
             child.busy = False
+            child.retiring = bool(data.get("retiring"))
             child.served = data.get("served", child.served)
             if self.stopping or child.generation != self.generation:
                 self._kill(child.pid, signal.SIGTERM)

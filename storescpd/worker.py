@@ -95,7 +95,7 @@ class Worker:
                 return
             if "conn" in message and fds:
                 self._serve(fds[0], message["conn"])
-                if self.max_requests and self.served >= self.max_requests:
+                if self._retiring():
                     return
 
     def _serve(self, fd: int, meta: dict[str, Any]) -> None:
@@ -108,7 +108,11 @@ class Worker:
             LOG.exception("association failed in worker %d", os.getpid())
         finally:
             self.current = None
-            self.channel.emit("idle", {"served": self.served})
+            # A worker at its --max-requests says so: a connection handed to it now would be lost.
+            self.channel.emit("idle", {"served": self.served, "retiring": self._retiring()})
+
+    def _retiring(self) -> bool:
+        return bool(self.max_requests) and self.served >= self.max_requests
 
     def _track(self, assoc: Any) -> None:
         self.current = assoc

@@ -52,7 +52,7 @@ class Association(BaseModel):
 class Worker(BaseModel):
     pid: int
     kind: str = Field(description="worker (pre-fork pool) or fork (one association)")
-    state: str = Field(description="busy or idle")
+    state: str = Field(description="busy, idle, or retiring (reached --max-requests, exits)")
     associations_served: int
     generation: int = Field(description="configuration generation: grows with each successful reload")
     started: str | None

@@ -12,6 +12,7 @@ import pytest
 from pydicom.filewriter import dcmwrite
 
 from storescpd import config as cfg
+from storescpd import storage
 from storescpd.handlers import (
     STATUS_CANNOT_UNDERSTAND,
     STATUS_DATASET_DOES_NOT_MATCH_SOP_CLASS,
@@ -258,3 +259,15 @@ def test_publish_new_claims_the_first_free_name_and_never_replaces(tmp_path: Pat
     with pytest.raises(FileExistsError):
         publish_new(late, names, fsync=False)
     assert list(staging.iterdir()) == [late.path]  # the caller discards it
+
+
+def test_keep_first_makes_the_kept_copy_durable_before_answering(tmp_path: Path, monkeypatch) -> None:
+    """Another worker linked the kept copy a moment ago and may not have synced the directory."""
+    synced: list[Path] = []
+    monkeypatch.setattr(storage, "fsync_dir", synced.append)
+    final = tmp_path / "CT.1.2.3"
+    final.write_bytes(b"first")
+    staged = StagingFile(prepare_staging_dir(tmp_path))
+    staged.finish(False)
+    assert storage.publish(staged, final, "keep-first", fsync=True) is None
+    assert synced == [tmp_path] and final.read_bytes() == b"first"

@@ -118,6 +118,9 @@ def test_a_folder_another_worker_created_is_made_durable_once_here(tmp_path: Pat
     assert synced == [tmp_path, tmp_path]  # once per folder, before its first object is acknowledged
     ensure_folder(tmp_path, "PFX_quick", fsync=False)
     assert len(synced) == 2
+    (tmp_path / "PFX_mine").rmdir()  # a -xcs hook moved the study away; it is sent again
+    ensure_folder(tmp_path, "PFX_mine", fsync=True)
+    assert len(synced) == 3
 
 
 def test_renamed_prefix_is_the_first_two_characters_of_dcmtk_file_prefix() -> None:

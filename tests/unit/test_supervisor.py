@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import os
+import selectors
 import signal
+import socket
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from storescpd import config as cfg
+from storescpd import ipc
 from storescpd import supervisor as sup
 from storescpd.worker import WORKER_BOOT_ERROR
 
@@ -180,3 +183,43 @@ def test_silent_connections_are_bounded(tmp_path: Path, monkeypatch: pytest.Monk
         for p in list(s.pending.values()):
             s._drop_pending(p)
         listener.close()
+
+
+def test_a_dead_childs_last_reports_count_before_its_exit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fork child reports a stored object and exits before the supervisor read the report:
+    the report is read first, so the study service sees the object before the sender's end."""
+    fake = FakeOS(monkeypatch)
+    s = make(tmp_path)
+    ours, theirs = socket.socketpair()
+    ours.setblocking(False)
+    child = sup.Child(pid=4242, kind="fork", generation=s.generation, channel=ours)
+    s.children[child.pid] = child
+    s.selector.register(ours, selectors.EVENT_READ, ("child", child))
+    seen: list[str] = []
+    s.event_hooks.append(lambda kind, data, c: seen.append(kind))
+    ipc.send(theirs, {"event": "stored", "status": "success"})
+    theirs.close()
+    fake.exits = [(child.pid, 0)]
+    s.reap_children()
+    assert seen == ["stored", "child_exited"]
+    assert s.counters["objects_stored.success"] == 1
+    assert child.channel is None
+
+
+def test_a_worker_at_its_request_limit_is_never_handed_a_connection(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    FakeOS(monkeypatch)
+    s = make(tmp_path, workers=1)
+    s.manage_workers()
+    (pid,) = workers(s)
+    assert s.children[pid].channel is not None
+    s.children[pid].busy = True
+    s.on_event("idle", {"served": 1, "retiring": True}, s.children[pid])
+    a, b = socket.socketpair()
+    s.ready_queue.append(sup.Pending(a, "dicom", 0.0))
+    s.dispatch_ready()
+    assert s.ready_queue and s.ready_queue[0].sock is a  # waits for the replacement
+    s.manage_workers()
+    assert len(workers(s)) == 2  # the replacement is forked while the old one exits
+    b.close()
+    a.close()

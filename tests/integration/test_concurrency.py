@@ -75,3 +75,23 @@ def test_the_same_instances_on_parallel_associations_are_all_kept_under_unique(d
     kept = {(str(ds.SOPInstanceUID), str(ds.PatientName))
             for ds in (pydicom.dcmread(p, stop_before_pixels=True) for p in daemon.output.iterdir() if p.is_file())}
     assert len(kept) == ASSOCIATIONS * count, f"{ASSOCIATIONS * count - len(kept)} objects acknowledged and lost"
+
+
+@pytest.mark.parametrize("flags", [("--fork", "-ss", "P", "-rns"), ("--workers", "2", "--max-requests", "1")],
+                         ids=["fork-sorting", "prefork-recycling"])
+def test_many_short_associations_at_once_never_stop_the_supervisor(flags: tuple[str, ...], daemon_factory,
+                                                                  tmp_path: Path) -> None:
+    """A worker's channel can close (EOF read while another worker's question is answered, or
+    after its last "idle") before the worker is reaped: nothing may read it or hand it work then."""
+    parallel, rounds = 16, 3
+    objects = small_objects(tmp_path / "objects", parallel * rounds, 0)
+    daemon = daemon_factory(*flags, "--no-fsync")
+    for r in range(rounds):
+        batch = objects[r * parallel:(r + 1) * parallel]
+        with concurrent.futures.ThreadPoolExecutor(parallel) as pool:
+            results = list(pool.map(lambda path: storescu(daemon.port, [path]), batch))
+        assert all(res.returncode == 0 for res in results), [res.stderr[-300:] for res in results] + [daemon.log()[-3000:]]
+    assert daemon.proc.poll() is None, daemon.log()[-3000:]
+    stored = [p for p in daemon.output.rglob("*") if p.is_file() and ".storescpd-staging" not in p.parts]
+    assert len(stored) == parallel * rounds
+    assert "Traceback" not in daemon.log()
