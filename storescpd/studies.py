@@ -196,6 +196,7 @@ class Study:
     # them there and #p names that folder. output_directory is as configured (#p), directory absolute.
     output_directory: str = ""
     directory: str = ""
+    root: str = ""  # the absolute output directory: with uid, its key among the open studies
 
     def as_dict(self) -> dict[str, Any]:
         return {"study_uid": self.uid, "folder": self.folder, "files": len(self.files),
@@ -232,7 +233,10 @@ class StudyTracker:
 
     def __init__(self, settings: TrackerSettings) -> None:
         self.settings = settings
-        self.open: dict[str, Study] = {}
+        # One open study per Study Instance UID and output directory: after a reload that changes
+        # -od, an association begun before it keeps filling the old folder while new ones fill a
+        # new folder; each ends on its own (a study never spans two directories).
+        self.open: dict[tuple[str, str], Study] = {}
 
     def place(self, sender: str, study_uid: str, patient: str, now: float, wall: float,
               output_directory: str | None = None) -> tuple[str, list[dict]]:
@@ -248,17 +252,12 @@ class StudyTracker:
             raise UnsafeName("element StudyInstanceUID (0020,000d) absent or empty in data set")
         if self.settings.sort is None:
             return "", []
-        ended: list[dict] = []
-        study = self.open.get(study_uid)
-        if study is not None and study.directory != os.path.join(absolute, study.folder):
-            # -od changed by a reload: new objects go to the new directory, a study never spans two.
-            LOG.info("end of study %s (the output directory changed): %s", study.uid, study.directory)
-            ended = self._end(study)
-            study = None
+        study = self.open.get((study_uid, absolute))
         if study is None:
             folder = self._new_folder(study_uid, patient, wall, absolute)
-            study = self.open[study_uid] = Study(study_uid, folder, now, output_directory=output_directory,
-                                                 directory=os.path.join(absolute, folder))
+            study = self.open[(study_uid, absolute)] = Study(
+                study_uid, folder, now, output_directory=output_directory,
+                directory=os.path.join(absolute, folder), root=absolute)
         if sender:
             study.senders.add(sender)
         study.superseded = False  # an object of it arrived after whatever came before
@@ -266,7 +265,7 @@ class StudyTracker:
             if other is not study:
                 other.superseded = True
                 other.senders.discard(sender)  # this association has moved on to another study
-        return study.folder, ended + self._end_finished(now)
+        return study.folder, self._end_finished(now)
 
     def _new_folder(self, study_uid: str, patient: str, wall: float, absolute: str) -> str:
         in_use = {s.folder for s in self.open.values() if s.directory == os.path.join(absolute, s.folder)}
@@ -282,7 +281,8 @@ class StudyTracker:
         """An object was stored as ``folder``/``file`` (file "" with --ignore) under
         ``output_directory`` (as the storing process has it configured)."""
         actions = []
-        study = self.open.get(study_uid or "")
+        root = os.path.realpath(self.settings.output_directory if output_directory is None else output_directory)
+        study = self.open.get((study_uid or "", root))
         if study is not None and study.folder == folder:
             study.last = now
             study.values = dict(values)
@@ -325,7 +325,7 @@ class StudyTracker:
         return actions
 
     def _end(self, study: Study) -> list[dict]:
-        del self.open[study.uid]
+        del self.open[(study.uid, study.root)]
         actions: list[dict] = []
         if self.settings.rename and study.files:
             actions.append({"action": "rename", "folder": study.folder, "directory": study.directory,

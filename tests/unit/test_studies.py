@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -334,7 +335,27 @@ def test_a_study_never_spans_two_output_directories(tmp_path: Path) -> None:
     store(service, "1.2.3", "CT.3", output_directory=new)
     assert started == [["/bin/echo", f"{old}/1.2.3"]]  # ended in the old directory, begun in the new
     assert [s["folder"] for s in service.tracker.snapshot()] == ["1.2.3"]
-    assert service.tracker.open["1.2.3"].directory == str(tmp_path / "new" / "1.2.3")
+    (study,) = service.tracker.open.values()
+    assert study.directory == str(tmp_path / "new" / "1.2.3")
+
+
+def test_associations_on_both_sides_of_a_reload_fill_one_folder_each(tmp_path: Path) -> None:
+    """OLD began before a reload that changed -od, NEW after it; their objects of one study
+    interleave. Each directory keeps one folder, ended once its association is done."""
+    old, new = str(tmp_path / "old"), str(tmp_path / "new")
+    tracker = StudyTracker(TrackerSettings("concurrent", "P", True, 0.0, old, False, False))
+    placed = []
+    for n, (sender, directory) in enumerate([("OLD", old), ("NEW", new), ("OLD", old), ("NEW", new)]):
+        folder, ended = tracker.place(sender, "1.2.3", "", float(n), 1e9 + n, directory)
+        assert ended == []
+        tracker.stored(sender, "1.2.3", folder, f"CT.{n}", "CT", {}, float(n), directory)
+        placed.append((directory, folder))
+    assert len(set(placed)) == 2
+    ended = tracker.sender_done("OLD", 10.0)
+    assert [(a["directory"], [f["file"] for f in a["files"]]) for a in ended] == \
+        [(os.path.join(os.path.realpath(old), placed[0][1]), ["CT.0", "CT.2"])]
+    ended = tracker.place("NEW", "1.2.4", "", 11.0, 1e9 + 11, new)[1]  # NEW moves on: its study ends
+    assert [[f["file"] for f in a["files"]] for a in ended] == [["CT.1", "CT.3"]]
 
 
 def test_a_peer_value_that_would_be_an_option_does_not_run_the_hook(caplog: pytest.LogCaptureFixture) -> None:
