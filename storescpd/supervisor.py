@@ -461,7 +461,8 @@ class Supervisor:
             LOG.warning("%s %d exited with %d", child.kind, child.pid, code)
             if child.served == 0 and child.kind in ("worker", "fork"):  # an API crash must not stop workers
                 self.crashes.append(time.monotonic())
-        if child.kind == "worker" and not self.stopping and child.generation == self.generation:
+        if (child.kind == "worker" and not self.stopping and child.generation == self.generation
+                and not child.retiring):  # recycling after --max-requests is no restart
             self.count("worker_restarts")
 
     def _crash_looping(self) -> bool:

@@ -208,7 +208,7 @@ def test_a_dead_childs_last_reports_count_before_its_exit(tmp_path: Path, monkey
 
 def test_a_worker_at_its_request_limit_is_never_handed_a_connection(tmp_path: Path,
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    FakeOS(monkeypatch)
+    fake = FakeOS(monkeypatch)
     s = make(tmp_path, workers=1)
     s.manage_workers()
     (pid,) = workers(s)
@@ -221,5 +221,8 @@ def test_a_worker_at_its_request_limit_is_never_handed_a_connection(tmp_path: Pa
     assert s.ready_queue and s.ready_queue[0].sock is a  # waits for the replacement
     s.manage_workers()
     assert len(workers(s)) == 2  # the replacement is forked while the old one exits
+    fake.exits = [(pid, 0)]
+    s.reap_children()
+    assert s.counters.get("worker_restarts", 0) == 0  # recycling is no restart
     b.close()
     a.close()
