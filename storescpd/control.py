@@ -272,7 +272,8 @@ def reload_result(result: dict[str, Any]) -> dict[str, Any]:
 
 def status(sup: "Supervisor", metrics: Metrics) -> dict[str, Any]:
     workers = [
-        {"pid": c.pid, "kind": c.kind, "state": "busy" if c.busy else ("retiring" if c.retiring else "idle"), "associations_served": c.served,
+        {"pid": c.pid, "kind": c.kind, "state": "busy" if c.busy else ("retiring" if c.retiring else "idle"),
+         "associations_served": c.served,
          "generation": c.generation, "started": iso(c.started)}
         for c in sup.children.values() if c.kind in ("worker", "fork")
     ]

@@ -96,6 +96,7 @@ class _SingleProcess:
         self.objects = 0
         self.running: Any = None  # the engine.Association being served, if any
         self.stopping = False
+        self.drain_over = False  # --graceful-timeout passed: abort what runs, and what starts
         self._next_keepalive = 0.0
 
     def event(self, kind: str, data: dict[str, Any]) -> None:
@@ -136,12 +137,18 @@ def run_single(config: Config, listeners: dict[str, list[socket.socket]]) -> int
         if not state.stopping:
             state.stopping = True
             notify("STOPPING=1")
-            if state.running is not None and signum == signal.SIGTERM and config.graceful_timeout:
-                signal.setitimer(signal.ITIMER_REAL, config.graceful_timeout)
+            if signum == signal.SIGTERM:
+                # Armed even between associations: a connection may be in its TLS handshake or
+                # access check, with no association to abort yet. 0 means: abort at once.
+                if config.graceful_timeout:
+                    signal.setitimer(signal.ITIMER_REAL, config.graceful_timeout)
+                else:
+                    drain_expired(signum, frame)
         if signum == signal.SIGINT:
             raise KeyboardInterrupt
 
     def drain_expired(signum: int, frame: object) -> None:
+        state.drain_over = True
         if state.running is not None:
             LOG.warning("graceful timeout (%s s): aborting the running association", config.graceful_timeout)
             state.running.abort_from_signal_handler()
@@ -151,6 +158,9 @@ def run_single(config: Config, listeners: dict[str, list[socket.socket]]) -> int
 
     def on_association(assoc: Any) -> None:
         state.running = assoc
+        if state.drain_over:  # it got this far after the drain limit
+            LOG.warning("graceful timeout (%s s): aborting the association", config.graceful_timeout)
+            assoc.abort_from_signal_handler()
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)

@@ -22,6 +22,7 @@ from typing import Any, Callable, Sequence
 
 from . import engine, ipc
 from .config import SETTINGS, Config, ConfigError
+from .logs import setup_logging
 from .storage import STAGING_DIR_NAME
 from .systemd import notify, reloading, watchdog_interval
 from .worker import WORKER_BOOT_ERROR, start_worker
@@ -31,6 +32,7 @@ LOG = logging.getLogger("storescpd.supervisor")
 TICK_SECONDS = 0.5
 HANDLED_SIGNALS = ("SIGTERM", "SIGINT", "SIGQUIT", "SIGHUP", "SIGCHLD", "SIGTTIN", "SIGTTOU")
 CRASH_WINDOW_SECONDS = 10.0
+INTERNAL_ERROR_LIMIT, INTERNAL_ERROR_WINDOW = 20, 10  # errors, seconds: then the supervisor gives up
 MAX_PENDING = 512  # silent connections held at once; past this the oldest is closed
 # A plain DICOM connection goes to a worker once its whole A-ASSOCIATE-RQ has arrived (or this much
 # of it): a peer that sends its request a byte at a time waits here, not in a worker.
@@ -47,10 +49,11 @@ class Child:
     generation: int
     channel: socket.socket | None = None
     busy: bool = False
-    retiring: bool = False  # reached --max-requests: exits, takes no more connections
+    retiring: bool = False  # reached --max-requests or told to stop: takes no more connections
     served: int = 0
     started: float = field(default_factory=time.time)
     association: str | None = None
+    output_directory: str = ""  # -od when it was forked: where its staging files are
 
 
 @dataclass
@@ -125,26 +128,48 @@ class Supervisor:
         addresses = ", ".join(f"{role} {s.getsockname()}" for role, socks in self.listeners.items() for s in socks)
         LOG.info("listening on %s (%s mode)", addresses, self.mode)
         notify("READY=1", f"STATUS={self.status_line()}", f"MAINPID={os.getpid()}")
+        return self.loop()
+
+    def loop(self) -> int:
+        errors: list[float] = []
         while True:
-            self.wait_for_events()
-            self.handle_signals()
-            self.reap_children()
-            if self.boot_failed:
-                LOG.error("a worker could not start; stopping instead of re-forking (see the messages above)")
+            try:
+                code = self.turn()
+            except Exception:
+                # A bug of ours in one turn must not take the running associations down with the
+                # supervisor; a bug that repeats every turn must not spin either.
+                LOG.exception("internal error in the supervisor (continuing)")
+                now = time.monotonic()
+                errors = [t for t in errors if t > now - INTERNAL_ERROR_WINDOW] + [now]
+                if len(errors) < INTERNAL_ERROR_LIMIT:
+                    continue
+                LOG.critical("%d internal errors within %d s: stopping", len(errors), INTERNAL_ERROR_WINDOW)
                 self.stop_all(signal.SIGKILL)
                 return EXIT_FAILURE
-            if self.stopping and self.drained():
-                break
-            self.expire_pending()
-            self.dispatch_ready()
-            self.manage_workers()
-            self.keepalive()
-            now = time.time()
-            for tick in self.tick_hooks:
-                tick(now)
-        notify("STATUS=stopped")
-        LOG.info("stopped")
-        return EXIT_OK
+            if code is not None:
+                return code
+
+    def turn(self) -> int | None:
+        """One turn of the loop; the exit code once the daemon is done."""
+        self.wait_for_events()
+        self.handle_signals()
+        self.reap_children()
+        if self.boot_failed:
+            LOG.error("a worker could not start; stopping instead of re-forking (see the messages above)")
+            self.stop_all(signal.SIGKILL)
+            return EXIT_FAILURE
+        if self.stopping and self.drained():
+            notify("STATUS=stopped")
+            LOG.info("stopped")
+            return EXIT_OK
+        self.expire_pending()
+        self.dispatch_ready()
+        self.manage_workers()
+        self.keepalive()
+        now = time.time()
+        for tick in self.tick_hooks:
+            tick(now)
+        return None
 
     def wait_for_events(self) -> None:
         for key, _mask in self.selector.select(TICK_SECONDS):
@@ -271,7 +296,9 @@ class Supervisor:
             self._close_silent(oldest)
 
     def connection_readable(self, conn: socket.socket) -> None:
-        pending = self.pending[conn.fileno()]
+        pending = self.pending.get(conn.fileno())
+        if pending is None or pending.sock is not conn:
+            return  # closed earlier in this batch of events (the oldest silent one, dropped for room)
         if pending.role == "dicom" and not self._request_arrived(pending):
             return
         del self.pending[conn.fileno()]
@@ -332,18 +359,21 @@ class Supervisor:
                              and c.channel is not None), None)  # a closed channel: it is exiting
                 if idle is None:
                     return
-                self.hand_over(idle, p)
+                if not self.hand_over(idle, p):
+                    continue  # that worker is gone: the connection waits for another
             self.ready_queue.pop(0)
 
-    def hand_over(self, child: Child, p: Pending) -> None:
+    def hand_over(self, child: Child, p: Pending) -> bool:
         assert child.channel is not None
         try:
             ipc.send(child.channel, {"conn": {"role": p.role}}, [p.sock.fileno()])
-            child.busy = True
         except OSError as exc:
-            LOG.warning("cannot hand a connection to worker %d: %s", child.pid, exc)
-        finally:
-            p.sock.close()
+            LOG.warning("cannot hand a connection to worker %d (%s): another worker takes it", child.pid, exc)
+            child.retiring = True
+            return False
+        child.busy = True
+        p.sock.close()
+        return True
 
     # ---- children ------------------------------------------------------------
     def manage_workers(self) -> None:
@@ -356,7 +386,12 @@ class Supervisor:
                 return
         surplus = [c for c in current if not c.busy][: max(0, len(current) - self.config.workers)]
         for child in surplus:
-            self._kill(child.pid, signal.SIGTERM)
+            self._retire(child)
+
+    def _retire(self, child: Child) -> None:
+        """Stop an idle worker: it is handed no connection from now on (it would drop it)."""
+        child.retiring = True
+        self._kill(child.pid, signal.SIGTERM)
 
     def spawn_worker(self) -> bool:
         if self._crash_looping():
@@ -396,7 +431,7 @@ class Supervisor:
             finally:
                 os._exit(1)
         child_end.close()
-        child = Child(pid, kind, self.generation, parent_end)
+        child = Child(pid, kind, self.generation, parent_end, output_directory=str(self.config.output_directory))
         self.children[pid] = child
         parent_end.setblocking(False)
         self.selector.register(parent_end, selectors.EVENT_READ, ("child", child))
@@ -447,7 +482,7 @@ class Supervisor:
             self.selector.unregister(child.channel)
             child.channel.close()
             child.channel = None
-        self._remove_staging_leftovers(child.pid)
+        self._remove_staging_leftovers(child)
         for assoc_id, info in list(self.associations.items()):
             if info.worker_pid == child.pid:
                 LOG.warning("worker %d ended (exit %d) during the association of %s: counted as aborted",
@@ -462,7 +497,7 @@ class Supervisor:
             if child.served == 0 and child.kind in ("worker", "fork"):  # an API crash must not stop workers
                 self.crashes.append(time.monotonic())
         if (child.kind == "worker" and not self.stopping and child.generation == self.generation
-                and not child.retiring):  # recycling after --max-requests is no restart
+                and not (child.retiring and code == 0)):  # recycling after --max-requests is no restart
             self.count("worker_restarts")
 
     def _crash_looping(self) -> bool:
@@ -474,8 +509,11 @@ class Supervisor:
             return True
         return False
 
-    def _remove_staging_leftovers(self, pid: int) -> None:
-        staging = Path(self.config.output_directory) / STAGING_DIR_NAME
+    def _remove_staging_leftovers(self, child: Child) -> None:
+        """A dead child's partial files, in the output directory it was started with (a reload
+        may have changed -od since)."""
+        pid = child.pid
+        staging = Path(child.output_directory or self.config.output_directory) / STAGING_DIR_NAME
         for leftover in staging.glob(f"{pid}-*.part"):
             try:
                 leftover.unlink()
@@ -557,10 +595,10 @@ class Supervisor:
             child.association = None
         elif kind == "idle":
             child.busy = False
-            child.retiring = bool(data.get("retiring"))
+            child.retiring = child.retiring or bool(data.get("retiring"))
             child.served = data.get("served", child.served)
             if self.stopping or child.generation != self.generation:
-                self._kill(child.pid, signal.SIGTERM)
+                self._retire(child)
         for hook in self.event_hooks:
             hook(kind, data, child)
 
@@ -592,6 +630,9 @@ class Supervisor:
 
     def reload(self) -> dict[str, Any]:
         """nginx's reload: validate completely; on failure keep the old configuration and say why."""
+        if self.stopping:
+            LOG.warning("reload ignored: the daemon is stopping")
+            return {"result": "failure", "message": "the daemon is stopping: nothing to reload", "time": time.time()}
         reloading()
         try:
             new = self.reload_config()
@@ -616,13 +657,15 @@ class Supervisor:
         if fixed:
             LOG.warning("reload: %s cannot change without a restart; keeping the running value(s)", ", ".join(fixed))
             new = new.replace(**{name: self.config.values[name] for name in fixed})
+        if new.log_level != self.config.log_level:
+            setup_logging(new.log_level, new.log_config)  # here, and in the workers forked from now on
         self.config = new
         engine.prepare(new)
         self.generation += 1
         self.config_loaded = time.time()
-        for child in self.children.values():
+        for child in list(self.children.values()):
             if child.kind == "worker" and not child.busy:
-                self._kill(child.pid, signal.SIGTERM)
+                self._retire(child)
         self.manage_workers()
         message = "configuration reloaded" + (f" ({', '.join(fixed)} need a restart)" if fixed else "")
         LOG.info(message)
@@ -636,8 +679,9 @@ class Supervisor:
     # ---- status ----------------------------------------------------------------
     def status_line(self) -> str:
         workers = sum(1 for c in self.children.values() if c.kind in ("worker", "fork"))
-        return (f"{len(self.associations)} associations, {workers} workers, "
-                f"{self.counters.get('objects_stored.success', 0)} objects stored")
+        return ((f"stopping ({self.stopping}), " if self.stopping else "")
+                + f"{len(self.associations)} associations, {workers} workers, "
+                + f"{self.counters.get('objects_stored.success', 0)} objects stored")
 
     def keepalive(self) -> None:
         interval = watchdog_interval()

@@ -366,6 +366,23 @@ def test_reload_changes_output_directory_for_new_associations(daemon_factory, tm
     assert len([p for p in first.iterdir() if p.is_file()]) == 1
 
 
+def test_reload_applies_a_new_log_level(daemon_factory, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    cfg = write_config(tmp_path / "storescpd.toml", output_directory=str(out), workers=1, log_level="warn")
+    d = daemon_factory("--config", str(cfg), output=out, od=False)
+    assert echoscu(d.port).returncode == 0
+    write_config(cfg, output_directory=str(out), workers=1, log_level="info")
+    os.kill(d.pid, signal.SIGHUP)
+    d.notify.wait_for("READY=1", after="RELOADING=1")
+    assert echoscu(d.port).returncode == 0
+    deadline = time.monotonic() + 10
+    while "association from ECHOSCU" not in d.log() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    log = d.log()
+    assert log.count("association from ECHOSCU") == 1, log  # the second one only: warn, then info
+    assert "configuration reloaded" in log
+
+
 def test_sigterm_during_transfer_lets_it_complete(daemon_factory, tmp_path: Path) -> None:
     slow = make_object(tmp_path / "slow.dcm", 0, columns=8)
     d = daemon_factory("--workers", "2", "-pdu", "4096", "--sleep-during", "1")
@@ -548,9 +565,10 @@ def test_single_process_feeds_the_watchdog_and_reports_status(daemon_factory) ->
         assert time.monotonic() < deadline, d.notify.messages[-5:]
 
 
-def test_single_process_graceful_timeout_cuts_a_long_association(daemon_factory, tmp_path: Path) -> None:
-    slow = make_object(tmp_path / "slow.dcm", 0, columns=8)  # 16 KB in 4 KB PDUs, 1 s each
-    d = daemon_factory("--single-process", "-pdu", "4096", "--sleep-during", "1", "--graceful-timeout", "1")
+@pytest.mark.parametrize("limit", ["1", "0"])  # 0: abort at once, as in the pool
+def test_single_process_graceful_timeout_cuts_a_long_association(limit: str, daemon_factory, tmp_path: Path) -> None:
+    slow = make_object(tmp_path / "slow.dcm", 0, columns=16)  # 32 KB in 4 KB PDUs, 1 s each
+    d = daemon_factory("--single-process", "-pdu", "4096", "--sleep-during", "1", "--graceful-timeout", limit)
     running = start_storescu(d.port, slow)
     time.sleep(1.0)
     started = time.monotonic()

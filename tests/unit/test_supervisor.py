@@ -226,3 +226,100 @@ def test_a_worker_at_its_request_limit_is_never_handed_a_connection(tmp_path: Pa
     assert s.counters.get("worker_restarts", 0) == 0  # recycling is no restart
     b.close()
     a.close()
+
+
+def test_an_internal_error_in_one_turn_does_not_stop_the_supervisor(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    s = make(tmp_path)
+    outcomes: list[Any] = [KeyError(-1), ValueError("x"), 0]
+
+    def turn() -> int | None:
+        outcome = outcomes.pop(0)
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    monkeypatch.setattr(s, "turn", turn)
+    assert s.loop() == 0 and outcomes == []
+
+
+def test_an_internal_error_every_turn_stops_it_instead_of_spinning(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = FakeOS(monkeypatch)
+    s = make(tmp_path)
+    s.manage_workers()
+    turns = []
+
+    def turn() -> None:
+        turns.append(1)
+        raise RuntimeError("always")
+
+    monkeypatch.setattr(s, "turn", turn)
+    assert s.loop() == sup.EXIT_FAILURE
+    assert len(turns) == sup.INTERNAL_ERROR_LIMIT
+    assert {pid for pid, sig in fake.kills if sig == signal.SIGKILL} == set(workers(s))
+
+
+def test_a_silent_connection_dropped_for_room_is_not_read_later_in_the_batch(tmp_path: Path,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    FakeOS(monkeypatch)
+    s = make(tmp_path)
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    s.pending[a.fileno()] = sup.Pending(a, "dicom", 0.0)
+    s.selector.register(a, selectors.EVENT_READ, ("pending", None))
+    s._drop_oldest_pending()  # the listener's event came first in the batch
+    s.connection_readable(a)  # then this connection's own event: closed, fileno -1
+    assert s.pending == {} and s.ready_queue == []
+    b.close()
+
+
+def test_a_surplus_worker_told_to_stop_gets_no_connection(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = FakeOS(monkeypatch)
+    s = make(tmp_path, workers=2)
+    s.manage_workers()
+    s.handle_ttou()
+    s.manage_workers()
+    stopped = [pid for pid, sig in fake.kills if sig == signal.SIGTERM]
+    assert len(stopped) == 1 and len(workers(s)) == 2  # it exits when it will
+    s.manage_workers()
+    assert len([k for k in fake.kills if k[1] == signal.SIGTERM]) == 1  # not a second one
+    sent: list[Any] = []
+    monkeypatch.setattr(sup.ipc, "send", lambda sock, message, fds=None: sent.append(sock))
+    a, b = socket.socketpair()
+    s.ready_queue.append(sup.Pending(a, "dicom", 0.0))
+    s.dispatch_ready()
+    (kept,) = set(workers(s)) - set(stopped)
+    assert s.ready_queue == [] and sent == [s.children[kept].channel]
+    b.close()
+
+
+def test_a_connection_a_worker_cannot_take_waits_for_another(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    FakeOS(monkeypatch)
+    s = make(tmp_path, workers=2)
+    s.manage_workers()
+    first, second = workers(s)
+    tried: list[Any] = []
+
+    def send(sock: Any, message: Any, fds: Any = None) -> None:
+        tried.append(sock)
+        if sock is s.children[first].channel:
+            raise BrokenPipeError(32, "Broken pipe")  # it died a moment ago
+
+    monkeypatch.setattr(sup.ipc, "send", send)
+    a, b = socket.socketpair()
+    s.ready_queue.append(sup.Pending(a, "dicom", 0.0))
+    s.dispatch_ready()
+    assert tried == [s.children[first].channel, s.children[second].channel]
+    assert s.ready_queue == [] and s.children[second].busy and s.children[first].retiring
+    b.close()
+
+
+def test_no_reload_while_stopping(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    FakeOS(monkeypatch)
+    s = make(tmp_path)
+    s.begin_stop("graceful")
+    generation = s.generation
+    assert s.reload()["result"] == "failure"
+    assert s.generation == generation
+    assert s.status_line().startswith("stopping (graceful), ")
