@@ -137,6 +137,9 @@ def _un_replacement(enabled: bool) -> Iterator[None]:
         pydicom_config.replace_un_with_known_vr = saved
 
 
+MAX_INFLATED = 1 << 30  # a deflated data set to re-encode is inflated in memory; no more than this
+
+
 def read_staged(source: Path, offset: int, received: str, convert_un: bool = False) -> Dataset:
     """The data set of a staged file, every value read (the file is about to be replaced)."""
     ts = UID(received)
@@ -146,7 +149,11 @@ def read_staged(source: Path, offset: int, received: str, convert_un: bool = Fal
         fh.seek(offset)
         stream: BinaryIO = fh
         if ts == DEFLATED_LE:
-            stream = BytesIO(zlib.decompress(fh.read(), -zlib.MAX_WBITS))
+            inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+            inflated = inflater.decompress(fh.read(), MAX_INFLATED + 1)
+            if len(inflated) > MAX_INFLATED:  # re-encoding holds the data set in memory
+                raise ValueError(f"the deflated data set inflates to more than {MAX_INFLATED >> 20} MiB")
+            stream = BytesIO(inflated)
         with _un_replacement(convert_un):
             ds = read_dataset(stream, implicit, little)
             _resolve(ds)

@@ -14,6 +14,8 @@ def file_meta_bytes(sop_class: str, sop_instance: str, transfer_syntax: str, sou
     def short(element: int, vr: bytes, value: bytes, pad: bytes) -> bytes:
         if len(value) % 2:
             value += pad
+        if len(value) > 0xFFFF:
+            raise ValueError(f"a value of {len(value)} bytes does not fit (0002,{element:04X})")
         return struct.pack("<HH", 2, element) + vr + struct.pack("<H", len(value)) + value
 
     body = struct.pack("<HH", 2, 0x0001) + b"OB\0\0" + struct.pack("<L", 2) + b"\x00\x01"

@@ -15,9 +15,11 @@ from .filemeta import file_meta_bytes
 from .studies import process_client as process_study_client
 from .storage import (
     Identifiers,
+    Incomplete,
     Naming,
     StagingFile,
     UnsafeName,
+    check_complete,
     publish,
     publish_new,
     read_identifiers,
@@ -58,7 +60,7 @@ class StoreContext:
     started: float = field(default_factory=time.monotonic)
     _fragments_in_message: int = 0
     _next_progress: float = 0.0
-    begin_error: OSError | None = None
+    begin_error: Exception | None = None  # why the data set has no staging file (OSError: no room)
     # Study folders and hooks (-ss/-su/-sp, -xcr, -xcs): this process's StudyClient, or None.
     studies: Any = field(default_factory=process_study_client)
 
@@ -91,6 +93,10 @@ class StoreContext:
         except OSError:
             staged.discard()
             raise
+        except ValueError as exc:  # a command UID no file meta can hold: drained, then refused
+            staged.discard()
+            self.begin_error = exc
+            return None
         self.current = staged
         return staged
 
@@ -149,6 +155,9 @@ def _store(event: Any, ctx: StoreContext, sop_class: str, sop_instance: str) -> 
     ctx.current = None
     if ctx.config.ignore:
         return STATUS_SUCCESS, None
+    if staged is None and isinstance(ctx.begin_error, ValueError):
+        LOG.error("%.80s... was not stored: %s; answering 0xC000", sop_instance, ctx.begin_error)
+        return STATUS_CANNOT_UNDERSTAND, None
     if staged is None:  # nowhere to write it: never acknowledge what is not on disk
         LOG.error("%s was not stored (%s); answering Out of Resources", sop_instance,
                   getattr(ctx.begin_error, "strerror", None) or ctx.begin_error or "no staging file")
@@ -168,6 +177,14 @@ def _store(event: Any, ctx: StoreContext, sop_class: str, sop_instance: str) -> 
     except ValueError as exc:
         staged.discard()
         LOG.error("cannot understand the data set of %s from %s: %s", sop_instance, ctx.calling_ae, exc)
+        return STATUS_CANNOT_UNDERSTAND, None
+    try:
+        check_complete(staged.path, staged.dataset_offset, transfer_syntax, staged.head,
+                       staged.head_is_whole_dataset)
+    except Incomplete as exc:
+        staged.discard()
+        LOG.error("the data set of %s from %s is incomplete: %s; answering 0xC000, nothing stored",
+                  sop_instance, ctx.calling_ae, exc)
         return STATUS_CANNOT_UNDERSTAND, None
     mismatch = _mismatch(ids, sop_class, sop_instance, ctx.config.uid_padding)
     if mismatch:

@@ -14,6 +14,7 @@ import struct
 import threading
 import time
 from collections.abc import Iterable, MutableSequence
+from typing import BinaryIO
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -305,8 +306,8 @@ def _scan_identifiers(data: bytes, implicit: bool, little: bool, complete: bool)
             break
         if length == 0xFFFFFFFF or pos + header + length > end:
             return None
-        if tag in _WANTED:
-            found[_WANTED[tag]] = data[pos + header:pos + header + length]
+        if tag in _WANTED:  # a repeated element: the first counts, as in DCMTK
+            found.setdefault(_WANTED[tag], data[pos + header:pos + header + length])
         pos += header + length
     else:
         if not complete:
@@ -316,10 +317,14 @@ def _scan_identifiers(data: bytes, implicit: bool, little: bool, complete: bool)
         raw = found.get(key)
         if raw is None:
             return None
-        value = raw.decode("ascii", "replace").rstrip("\0 ")
+        # latin-1 keeps every byte distinct, so a UID with stray bytes never equals another one;
+        # a UID is compared whole (a second value is no UID of this object).
+        value = raw.decode("latin-1").rstrip("\0 ")
         if not value:
             return None
-        return value.split("\\")[0].strip("\0 ") if "\\" in value else value.lstrip()
+        if key == "specific_character_set" and "\\" in value:
+            return value.split("\\")[0].strip("\0 ")
+        return value.lstrip()
 
     return Identifiers(
         sop_class_uid=text("sop_class_uid"), sop_instance_uid=text("sop_instance_uid"),
@@ -350,6 +355,136 @@ def read_identifiers(path: Path, offset: int, transfer_syntax: str,
     return _identifiers_by_pydicom(path, offset, transfer_syntax)
 
 
+_UNDEFINED = 0xFFFFFFFF
+_ITEM, _ITEM_END, _SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
+_MAX_NESTING = 64
+_INFLATE_CHUNK = 1 << 20
+
+
+class Incomplete(ValueError):
+    """The data set's own structure says bytes are missing (or it is not a data set)."""
+
+
+def check_complete(path: Path, offset: int, transfer_syntax: str, head: bytes | bytearray | None = None,
+                   head_is_whole: bool = False) -> None:
+    """Raise Incomplete unless the staged data set is whole: every element's value is there,
+    every sequence and item of undefined length is closed, nothing is left over. Only the
+    element headers are read (from ``head``, the start of the data set kept in memory, then
+    from the file), never the values; a deflated data set must be a complete deflate stream."""
+    implicit, little = transfer_syntax == _IMPLICIT_LE, transfer_syntax != _EXPLICIT_BE
+    if head_is_whole and head is not None and transfer_syntax != _DEFLATED:
+        data = bytes(head)
+        _StructureWalk(_Window(None, 0, data), len(data), implicit, little).elements(0, len(data), False, 0)
+        return
+    with open(path, "rb") as fh:
+        if transfer_syntax == _DEFLATED:
+            _check_deflate_stream(fh, offset)
+            return
+        size = os.fstat(fh.fileno()).st_size - offset
+        walker = _StructureWalk(_Window(fh, offset, bytes(head or b"")), size, implicit, little)
+        walker.elements(0, size, in_item=False, depth=0)
+
+
+def _check_deflate_stream(fh: BinaryIO, offset: int) -> None:
+    import zlib
+
+    fh.seek(offset)
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    try:
+        while chunk := fh.read(_INFLATE_CHUNK):
+            data = chunk
+            while data:  # bounded output per call: a deflate bomb costs time, never memory
+                inflater.decompress(data, _INFLATE_CHUNK)
+                data = inflater.unconsumed_tail
+            if inflater.eof:
+                break
+    except zlib.error as exc:
+        raise Incomplete(f"deflated data set is corrupt: {exc}") from exc
+    if not inflater.eof:
+        raise Incomplete("deflated data set ends before its deflate stream does")
+
+
+class _Window:
+    """Reads at positions of the data set: from the in-memory head, else from a 64 KiB buffer."""
+
+    def __init__(self, fh: BinaryIO | None, offset: int, head: bytes) -> None:
+        self.fh, self.offset, self.head = fh, offset, head
+        self.start, self.buf = 0, b""
+
+    def read(self, pos: int, n: int) -> bytes:
+        if pos + n <= len(self.head):
+            return self.head[pos:pos + n]
+        if not (self.start <= pos and pos + n <= self.start + len(self.buf)):
+            assert self.fh is not None  # without a file, the head is the whole data set
+            self.fh.seek(self.offset + pos)
+            self.start, self.buf = pos, self.fh.read(max(n, 1 << 16))
+        return self.buf[pos - self.start:pos - self.start + n]
+
+
+class _StructureWalk:
+    def __init__(self, window: _Window, size: int, implicit: bool, little: bool) -> None:
+        self.window, self.size, self.implicit = window, size, implicit
+        order = "<" if little else ">"
+        self.tag_length = struct.Struct(order + "HHL")
+        self.explicit_short = struct.Struct(order + "HH2sH")
+        self.u32 = struct.Struct(order + "L")
+
+    def _need(self, pos: int, n: int, what: str) -> None:
+        if pos + n > self.size:
+            raise Incomplete(f"the data set ends inside {what} (at byte {pos} of {self.size})")
+
+    def elements(self, pos: int, end: int, in_item: bool, depth: int, implicit: bool | None = None) -> int:
+        """Walk elements from ``pos``; returns where they end (the item's delimiter included)."""
+        implicit = self.implicit if implicit is None else implicit
+        if depth > _MAX_NESTING:
+            raise Incomplete(f"sequences nested deeper than {_MAX_NESTING}")
+        while pos < end or in_item:
+            self._need(pos, 8, "an element header")
+            group, element, length = self.tag_length.unpack(self.window.read(pos, 8))
+            tag = group << 16 | element
+            if group == 0xFFFE:
+                if tag == _ITEM_END and in_item:
+                    return pos + 8
+                raise Incomplete(f"item tag ({group:04X},{element:04X}) where an element belongs (byte {pos})")
+            vr = None
+            header = 8
+            if not implicit:
+                _g, _e, vr, short_length = self.explicit_short.unpack(self.window.read(pos, 8))
+                if vr in _LONG_VRS:
+                    self._need(pos, 12, "an element header")
+                    length = self.u32.unpack(self.window.read(pos + 8, 4))[0]
+                    header = 12
+                else:
+                    length = short_length
+            pos += header
+            if length == _UNDEFINED:
+                # Contents of an undefined-length UN are implicit VR little endian (PS3.5 6.2.2).
+                pos = self.sequence(pos, depth + 1, implicit=implicit or vr == b"UN")
+            else:
+                self._need(pos, length, f"the value of ({group:04X},{element:04X}) ({length} bytes)")
+                pos += length
+        if pos != end:
+            raise Incomplete(f"an element runs past the end of its item (byte {pos})")
+        return pos
+
+    def sequence(self, pos: int, depth: int, implicit: bool) -> int:
+        """Items up to the sequence delimiter; returns the position after it."""
+        while True:
+            self._need(pos, 8, "an unclosed sequence")
+            group, element, length = self.tag_length.unpack(self.window.read(pos, 8))
+            tag = group << 16 | element
+            pos += 8
+            if tag == _SEQUENCE_END:
+                return pos
+            if tag != _ITEM:
+                raise Incomplete(f"({group:04X},{element:04X}) where a sequence item belongs (byte {pos - 8})")
+            if length == _UNDEFINED:
+                pos = self.elements(pos, self.size, in_item=True, depth=depth, implicit=implicit)
+            else:  # a defined-length item, or a fragment of encapsulated pixel data
+                self._need(pos, length, f"an item of {length} bytes")
+                pos += length
+
+
 def _identifiers_by_pydicom(path: Path, offset: int, transfer_syntax: str) -> Identifiers:
     import zlib
     from io import BytesIO
@@ -361,9 +496,13 @@ def _identifiers_by_pydicom(path: Path, offset: int, transfer_syntax: str) -> Id
         fh.seek(offset)
         ts = UID(transfer_syntax)
         stream = fh
-        if ts == _DEFLATED:
+        if ts == _DEFLATED:  # the identifiers lie at the start: inflate no more than a window of it
             inflater = zlib.decompressobj(-zlib.MAX_WBITS)
-            stream = BytesIO(inflater.decompress(fh.read(_DEFLATED_PEEK)))  # type: ignore[assignment]
+            try:
+                inflated = inflater.decompress(fh.read(_DEFLATED_PEEK), _SCAN_WINDOW)
+            except zlib.error as exc:
+                raise ValueError(f"deflated data set cannot be inflated: {exc}") from exc
+            stream = BytesIO(inflated)  # type: ignore[assignment]
         try:
             ds = read_dataset(
                 stream,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import struct
 from io import BytesIO
 from pathlib import Path
 from types import SimpleNamespace
@@ -34,8 +35,9 @@ def make_ctx(tmp_path: Path, **overrides: object) -> StoreContext:
                         calling_ae="SENDER")
 
 
-def receive(ctx: StoreContext, source: Path, command_instance: str | None = None) -> SimpleNamespace:
-    """Feed a file's data set through the Receiver interface as the decode hook would."""
+def receive(ctx: StoreContext, source: Path, command_instance: str | None = None, cut: int = 0) -> SimpleNamespace:
+    """Feed a file's data set through the Receiver interface as the decode hook would (less its
+    last ``cut`` bytes)."""
     ds = pydicom.dcmread(source)
     body = BytesIO()
     del ds.file_meta
@@ -46,6 +48,7 @@ def receive(ctx: StoreContext, source: Path, command_instance: str | None = None
     staged = ctx.begin_dataset(command, "1.2.840.10008.1.2.1")
     assert staged is not None
     data = body.getvalue()
+    data = data[:len(data) - cut]
     for i in range(0, len(data), 16384):
         staged.write(data[i:i + 16384])
         ctx.dataset_fragment(len(data[i:i + 16384]))
@@ -271,3 +274,81 @@ def test_keep_first_makes_the_kept_copy_durable_before_answering(tmp_path: Path,
     staged.finish(False)
     assert storage.publish(staged, final, "keep-first", fsync=True) is None
     assert synced == [tmp_path] and final.read_bytes() == b"first"
+
+
+def _dataset_of(source: Path) -> tuple[bytes, str]:
+    """The data set bytes of a Part 10 file and its transfer syntax."""
+    data = source.read_bytes()
+    ds = pydicom.dcmread(source, stop_before_pixels=True)
+    offset = (132 + 12 + int(ds.file_meta.FileMetaInformationGroupLength)) if data[128:132] == b"DICM" else 0
+    return data[offset:], str(ds.file_meta.TransferSyntaxUID)
+
+
+# pydicom's test files that are not whole data sets: cut short on purpose, or explicit VR announced
+# in the file meta over an implicit VR data set.
+NOT_WHOLE = {"MR_truncated.dcm", "rtplan_truncated.dcm", "SC_rgb_jpeg.dcm"}
+DEFLATED = "1.2.840.10008.1.2.1.99"
+
+
+@pytest.mark.parametrize("source", _dataset_files(), ids=lambda p: p.name)
+def test_every_whole_data_set_is_complete_and_every_cut_one_is_not(source: Path, tmp_path: Path) -> None:
+    from storescpd.storage import Incomplete, check_complete
+
+    dataset, ts = _dataset_of(source)
+    staged = tmp_path / "staged"
+    prefix = b"META" * 5  # check_complete reads from an offset, as after the file meta
+    staged.write_bytes(prefix + dataset)
+    if source.name in NOT_WHOLE:
+        with pytest.raises(Incomplete):
+            check_complete(staged, len(prefix), ts)
+        return
+    check_complete(staged, len(prefix), ts)  # from the file
+    check_complete(staged, len(prefix), ts, dataset[:100])  # a head, then the file
+    if ts != DEFLATED:
+        check_complete(staged, len(prefix), ts, dataset, head_is_whole=True)  # all in memory
+    # Cut inside the last element (or its delimiter), or after a few bytes. (A cut that falls
+    # exactly between two elements leaves a shorter data set that is whole in itself.) A deflated
+    # data set may carry bytes after its deflate stream: the cut must reach into the stream.
+    cuts = {9, 13, len(dataset) // 2, len(dataset) - 1} if ts == DEFLATED else \
+        {1, 2, 7, 13, len(dataset) - 2, len(dataset) - 1}
+    for cut in sorted(cuts):
+        staged.write_bytes(prefix + dataset[:len(dataset) - cut])
+        with pytest.raises(Incomplete):
+            check_complete(staged, len(prefix), ts)
+        if ts != DEFLATED:
+            with pytest.raises(Incomplete):
+                check_complete(staged, len(prefix), ts, dataset[:len(dataset) - cut], head_is_whole=True)
+
+
+def test_a_command_uid_no_file_meta_can_hold_is_refused_without_a_staging_file(tmp_path: Path) -> None:
+    ctx = make_ctx(tmp_path)
+    command = SimpleNamespace(AffectedSOPClassUID="1.2.840.10008.5.1.4.1.1.2", AffectedSOPInstanceUID="1." * 33000)
+    assert ctx.begin_dataset(command, "1.2.840.10008.1.2.1") is None
+    assert list((tmp_path / ".storescpd-staging").iterdir()) == []
+    event = SimpleNamespace(request=command, context=SimpleNamespace(transfer_syntax="1.2.840.10008.1.2.1"))
+    assert handle_store(event, ctx) == STATUS_CANNOT_UNDERSTAND
+    assert published(tmp_path) == []
+
+
+@pytest.mark.parametrize("cut", [1, 300, 5000])
+def test_a_data_set_cut_short_gets_c000_and_replaces_nothing(tmp_path: Path, cut: int) -> None:
+    ctx = make_ctx(tmp_path)
+    assert handle_store(receive(ctx, CT), ctx) == STATUS_SUCCESS
+    (good,) = published(tmp_path)
+    before = (tmp_path / good).read_bytes()
+    event = receive(ctx, CT, cut=cut)  # the same instance again, cut short on the way
+    assert handle_store(event, ctx) == STATUS_CANNOT_UNDERSTAND
+    assert published(tmp_path) == [good] and (tmp_path / good).read_bytes() == before
+    assert list((tmp_path / ".storescpd-staging").iterdir()) == []
+
+
+@pytest.mark.parametrize("value", [b"1.2.3.4.5\\9.9.9.9", b"1.2.3.4.\xfe"], ids=["two-values", "stray-byte"])
+def test_a_sop_instance_uid_that_only_begins_like_the_commands_gets_a900(tmp_path: Path, value: bytes) -> None:
+    from storescpd.storage import read_identifiers
+
+    path = tmp_path / "ds"
+    dataset = (b"\x08\x00\x16\x00UI" + struct.pack("<H", 26) + b"1.2.840.10008.5.1.4.1.1.2\0"
+               + b"\x08\x00\x18\x00UI" + struct.pack("<H", len(value) + len(value) % 2) + value + b"\0" * (len(value) % 2))
+    path.write_bytes(dataset)
+    ids = read_identifiers(path, 0, "1.2.840.10008.1.2.1", dataset, True)
+    assert ids.sop_instance_uid not in ("1.2.3.4.5", "1.2.3.4.\ufffd")
