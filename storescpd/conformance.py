@@ -51,7 +51,7 @@ A peer that breaks the protocol gets an A-ABORT.
 | 0x0000 | stored: the file is complete, fsynced and renamed to its final name, the directory fsynced |
 | 0xA700 | out of resources: the object could not be written (e.g. disk full); nothing is published |
 | 0xA900 | data set does not match SOP class: the command's SOP Class/Instance UID differs from the data set's |
-| 0xC000 | cannot understand: the data set cannot be parsed, or its UIDs cannot name a file or folder |
+| 0xC000 | cannot understand: the data set cannot be parsed, is incomplete (it ends inside an element, sequence or item, or its deflate stream is cut), or its UIDs cannot name a file or folder |
 """
 
 
