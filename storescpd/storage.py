@@ -374,15 +374,14 @@ def check_complete(path: Path, offset: int, transfer_syntax: str, head: bytes | 
     implicit, little = transfer_syntax == _IMPLICIT_LE, transfer_syntax != _EXPLICIT_BE
     if head_is_whole and head is not None and transfer_syntax != _DEFLATED:
         data = bytes(head)
-        _StructureWalk(_Window(None, 0, data), len(data), implicit, little).elements(0, len(data), False, 0)
+        _StructureWalk(None, 0, data, len(data), implicit, little).elements(0, len(data), False, 0)
         return
     with open(path, "rb") as fh:
         if transfer_syntax == _DEFLATED:
             _check_deflate_stream(fh, offset)
             return
         size = os.fstat(fh.fileno()).st_size - offset
-        walker = _StructureWalk(_Window(fh, offset, bytes(head or b"")), size, implicit, little)
-        walker.elements(0, size, in_item=False, depth=0)
+        _StructureWalk(fh, offset, bytes(head or b""), size, implicit, little).elements(0, size, False, 0)
 
 
 def _check_deflate_stream(fh: BinaryIO, offset: int) -> None:
@@ -404,64 +403,64 @@ def _check_deflate_stream(fh: BinaryIO, offset: int) -> None:
         raise Incomplete("deflated data set ends before its deflate stream does")
 
 
-class _Window:
-    """Reads at positions of the data set: from the in-memory head, else from a 64 KiB buffer."""
-
-    def __init__(self, fh: BinaryIO | None, offset: int, head: bytes) -> None:
-        self.fh, self.offset, self.head = fh, offset, head
-        self.start, self.buf = 0, b""
-
-    def read(self, pos: int, n: int) -> bytes:
-        if pos + n <= len(self.head):
-            return self.head[pos:pos + n]
-        if not (self.start <= pos and pos + n <= self.start + len(self.buf)):
-            assert self.fh is not None  # without a file, the head is the whole data set
-            self.fh.seek(self.offset + pos)
-            self.start, self.buf = pos, self.fh.read(max(n, 1 << 16))
-        return self.buf[pos - self.start:pos - self.start + n]
-
-
 class _StructureWalk:
-    def __init__(self, window: _Window, size: int, implicit: bool, little: bool) -> None:
-        self.window, self.size, self.implicit = window, size, implicit
-        order = "<" if little else ">"
-        self.tag_length = struct.Struct(order + "HHL")
-        self.explicit_short = struct.Struct(order + "HH2sH")
-        self.u32 = struct.Struct(order + "L")
+    """The element headers of a data set, read from the in-memory head, then 64 KiB at a time
+    from the file (``fh`` None: the head is the whole data set)."""
 
-    def _need(self, pos: int, n: int, what: str) -> None:
+    def __init__(self, fh: BinaryIO | None, offset: int, head: bytes, size: int, implicit: bool,
+                 little: bool) -> None:
+        self.fh, self.offset, self.size, self.implicit = fh, offset, size, implicit
+        self.data, self.base = head, 0  # self.data holds the data set's bytes from self.base on
+        order = "<" if little else ">"
+        self.tag_length = struct.Struct(order + "HHL").unpack_from
+        self.short_length = struct.Struct(order + "H").unpack_from
+        self.long_length = struct.Struct(order + "L").unpack_from
+
+    def _at(self, pos: int, n: int, what: str) -> int:
+        """The index of ``pos`` in self.data, with ``n`` bytes from there in it."""
+        i = pos - self.base
+        if 0 <= i and i + n <= len(self.data):
+            return i
         if pos + n > self.size:
             raise Incomplete(f"the data set ends inside {what} (at byte {pos} of {self.size})")
+        assert self.fh is not None  # without a file, the head is the whole data set
+        self.fh.seek(self.offset + pos)
+        self.data, self.base = self.fh.read(max(n, 1 << 16)), pos
+        return 0
 
     def elements(self, pos: int, end: int, in_item: bool, depth: int, implicit: bool | None = None) -> int:
         """Walk elements from ``pos``; returns where they end (the item's delimiter included)."""
         implicit = self.implicit if implicit is None else implicit
         if depth > _MAX_NESTING:
             raise Incomplete(f"sequences nested deeper than {_MAX_NESTING}")
+        at, tag_length, size = self._at, self.tag_length, self.size
         while pos < end or in_item:
-            self._need(pos, 8, "an element header")
-            group, element, length = self.tag_length.unpack(self.window.read(pos, 8))
-            tag = group << 16 | element
+            i = at(pos, 8, "an element header")
+            data = self.data
+            group, element, length = tag_length(data, i)
             if group == 0xFFFE:
-                if tag == _ITEM_END and in_item:
+                if element == 0xE00D and in_item:
                     return pos + 8
                 raise Incomplete(f"item tag ({group:04X},{element:04X}) where an element belongs (byte {pos})")
             vr = None
-            header = 8
-            if not implicit:
-                _g, _e, vr, short_length = self.explicit_short.unpack(self.window.read(pos, 8))
+            if implicit:
+                pos += 8
+            else:
+                vr = data[i + 4:i + 6]
                 if vr in _LONG_VRS:
-                    self._need(pos, 12, "an element header")
-                    length = self.u32.unpack(self.window.read(pos + 8, 4))[0]
-                    header = 12
+                    i = at(pos, 12, "an element header")
+                    length = self.long_length(self.data, i + 8)[0]
+                    pos += 12
                 else:
-                    length = short_length
-            pos += header
+                    length = self.short_length(data, i + 6)[0]
+                    pos += 8
             if length == _UNDEFINED:
                 # Contents of an undefined-length UN are implicit VR little endian (PS3.5 6.2.2).
                 pos = self.sequence(pos, depth + 1, implicit=implicit or vr == b"UN")
+            elif pos + length > size:
+                raise Incomplete(f"the data set ends inside the value of ({group:04X},{element:04X}) "
+                                 f"({length} bytes, at byte {pos} of {size})")
             else:
-                self._need(pos, length, f"the value of ({group:04X},{element:04X}) ({length} bytes)")
                 pos += length
         if pos != end:
             raise Incomplete(f"an element runs past the end of its item (byte {pos})")
@@ -470,8 +469,8 @@ class _StructureWalk:
     def sequence(self, pos: int, depth: int, implicit: bool) -> int:
         """Items up to the sequence delimiter; returns the position after it."""
         while True:
-            self._need(pos, 8, "an unclosed sequence")
-            group, element, length = self.tag_length.unpack(self.window.read(pos, 8))
+            i = self._at(pos, 8, "an unclosed sequence")
+            group, element, length = self.tag_length(self.data, i)
             tag = group << 16 | element
             pos += 8
             if tag == _SEQUENCE_END:
@@ -480,8 +479,9 @@ class _StructureWalk:
                 raise Incomplete(f"({group:04X},{element:04X}) where a sequence item belongs (byte {pos - 8})")
             if length == _UNDEFINED:
                 pos = self.elements(pos, self.size, in_item=True, depth=depth, implicit=implicit)
+            elif pos + length > self.size:
+                raise Incomplete(f"the data set ends inside an item of {length} bytes (at byte {pos} of {self.size})")
             else:  # a defined-length item, or a fragment of encapsulated pixel data
-                self._need(pos, length, f"an item of {length} bytes")
                 pos += length
 
 
