@@ -14,6 +14,13 @@ import struct
 from dataclasses import dataclass, field
 
 APPLICATION_CONTEXT = "1.2.840.10008.3.1.1.1"
+PROTOCOL_VERSION_1 = 0x0001  # bit 0 of the Protocol-version field (PS3.8 9.3.2)
+
+RESULT_REJECTED_PERMANENT = 1
+SOURCE_SERVICE_USER = 1
+SOURCE_SERVICE_PROVIDER_ACSE = 2
+REASON_APPLICATION_CONTEXT_NOT_SUPPORTED = 2  # with SOURCE_SERVICE_USER
+REASON_PROTOCOL_VERSION_NOT_SUPPORTED = 2  # with SOURCE_SERVICE_PROVIDER_ACSE
 
 RESULT_ACCEPTANCE = 0
 RESULT_ABSTRACT_SYNTAX_NOT_SUPPORTED = 3
@@ -39,6 +46,7 @@ class AssociateRequest:
 
     called_ae_title: str
     calling_ae_title: str
+    protocol_version: int = PROTOCOL_VERSION_1
     application_context_name: str = ""
     contexts: list[ProposedContext] = field(default_factory=list)
     maximum_length_received: int = 0
@@ -70,7 +78,8 @@ def parse_request(body: bytes | memoryview) -> AssociateRequest:
     """The variable part of an A-ASSOCIATE-RQ PDU (after its 6-byte header)."""
     if len(body) < 68:
         raise MalformedRequest("A-ASSOCIATE-RQ shorter than its fixed fields")
-    request = AssociateRequest(called_ae_title=_text(body[4:20]), calling_ae_title=_text(body[20:36]))
+    request = AssociateRequest(called_ae_title=_text(body[4:20]), calling_ae_title=_text(body[20:36]),
+                               protocol_version=struct.unpack_from(">H", body, 0)[0])
     for item_type, value in _items(body, 68):
         if item_type == 0x10:
             request.application_context_name = _text(value)
@@ -83,6 +92,10 @@ def parse_request(body: bytes | memoryview) -> AssociateRequest:
                     context.abstract_syntax = _text(sub)
                 elif sub_type == 0x40:
                     context.transfer_syntaxes.append(_text(sub))
+            if not context.transfer_syntaxes:
+                # DCMTK fails such a request too ("Presentation Context translation failure"); and a
+                # request of empty items is cheap to send and was costly to answer.
+                raise MalformedRequest(f"presentation context {context.context_id} proposes no transfer syntax")
             request.contexts.append(context)
         elif item_type == 0x50:
             _user_information(request, value)
@@ -103,6 +116,17 @@ def _user_information(request: AssociateRequest, value: memoryview) -> None:
             request.has_extended_negotiation = True
 
 
+def rejection(request: AssociateRequest) -> tuple[int, int, int, str] | None:
+    """(result, source, reason, cause) for a request DCMTK rejects before looking at its contexts."""
+    if not request.protocol_version & PROTOCOL_VERSION_1:
+        return (RESULT_REJECTED_PERMANENT, SOURCE_SERVICE_PROVIDER_ACSE, REASON_PROTOCOL_VERSION_NOT_SUPPORTED,
+                f"protocol version 0x{request.protocol_version:04x} does not include version 1")
+    if request.application_context_name != APPLICATION_CONTEXT:
+        return (RESULT_REJECTED_PERMANENT, SOURCE_SERVICE_USER, REASON_APPLICATION_CONTEXT_NOT_SUPPORTED,
+                f"application context name {request.application_context_name!r} is not {APPLICATION_CONTEXT}")
+    return None
+
+
 @dataclass
 class ContextResult:
     context_id: int
@@ -112,22 +136,29 @@ class ContextResult:
 
 
 def negotiate(request: AssociateRequest, supported: dict[str, list[str]]) -> list[ContextResult]:
-    """For each proposed context: our first preferred transfer syntax that the peer proposed."""
-    results = []
+    """For each proposed context: our first preferred transfer syntax that the peer proposed.
+
+    One result per context ID, as DCMTK 3.6.7 answers: a repeated ID is accepted if any of its
+    proposals is. So the answer has at most 256 results however many items the request holds.
+    """
+    results: dict[int, ContextResult] = {}
     for proposed in request.contexts:
-        ours = supported.get(proposed.abstract_syntax)
-        first = proposed.transfer_syntaxes[0] if proposed.transfer_syntaxes else ""
-        if ours is None:
-            results.append(ContextResult(proposed.context_id, RESULT_ABSTRACT_SYNTAX_NOT_SUPPORTED, first,
-                                         proposed.abstract_syntax))
-            continue
-        chosen = next((ts for ts in ours if ts in proposed.transfer_syntaxes), None)
-        if chosen is None:
-            results.append(ContextResult(proposed.context_id, RESULT_TRANSFER_SYNTAXES_NOT_SUPPORTED, first,
-                                         proposed.abstract_syntax))
-        else:
-            results.append(ContextResult(proposed.context_id, RESULT_ACCEPTANCE, chosen, proposed.abstract_syntax))
-    return results
+        earlier = results.get(proposed.context_id)
+        if earlier is None or earlier.result != RESULT_ACCEPTANCE:
+            results[proposed.context_id] = _negotiate_one(proposed, supported)
+    return list(results.values())
+
+
+def _negotiate_one(proposed: ProposedContext, supported: dict[str, list[str]]) -> ContextResult:
+    ours = supported.get(proposed.abstract_syntax)
+    first = proposed.transfer_syntaxes[0] if proposed.transfer_syntaxes else ""
+    if ours is None:
+        return ContextResult(proposed.context_id, RESULT_ABSTRACT_SYNTAX_NOT_SUPPORTED, first, proposed.abstract_syntax)
+    chosen = next((ts for ts in ours if ts in proposed.transfer_syntaxes), None)
+    if chosen is None:
+        return ContextResult(proposed.context_id, RESULT_TRANSFER_SYNTAXES_NOT_SUPPORTED, first,
+                             proposed.abstract_syntax)
+    return ContextResult(proposed.context_id, RESULT_ACCEPTANCE, chosen, proposed.abstract_syntax)
 
 
 def _item(item_type: int, value: bytes) -> bytes:
@@ -140,16 +171,18 @@ def _uid(value: str) -> bytes:
 
 def encode_accept(request: AssociateRequest, results: list[ContextResult], max_pdu: int,
                   implementation_class_uid: str, implementation_version_name: str) -> bytes:
-    body = struct.pack(">HH", 1, 0)
-    body += request.called_ae_title.encode("ascii", "replace").ljust(16)[:16]
-    body += request.calling_ae_title.encode("ascii", "replace").ljust(16)[:16]
-    body += bytes(32)
-    body += _item(0x10, _uid(request.application_context_name or APPLICATION_CONTEXT))
-    for r in results:
-        body += _item(0x21, bytes([r.context_id, 0, r.result, 0]) + _item(0x40, _uid(r.transfer_syntax)))
     user = _item(0x51, struct.pack(">L", max_pdu)) + _item(0x52, _uid(implementation_class_uid))
     user += _item(0x55, implementation_version_name.encode("ascii"))
-    body += _item(0x50, user)
+    body = b"".join([
+        struct.pack(">HH", PROTOCOL_VERSION_1, 0),
+        request.called_ae_title.encode("ascii", "replace").ljust(16)[:16],
+        request.calling_ae_title.encode("ascii", "replace").ljust(16)[:16],
+        bytes(32),
+        _item(0x10, _uid(request.application_context_name or APPLICATION_CONTEXT)),
+        *(_item(0x21, bytes([r.context_id, 0, r.result, 0]) + _item(0x40, _uid(r.transfer_syntax)))
+          for r in results),
+        _item(0x50, user),
+    ])
     return struct.pack(">BxL", 0x02, len(body)) + body
 
 

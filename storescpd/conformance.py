@@ -42,7 +42,13 @@ permanent, service user, no reason), `--reject` without an Implementation Class 
 `+ac` host rules deny the peer (connection closed). A presentation context is accepted when its
 abstract syntax is one of the SOP classes below (any SOP class with `-pm`) and one of its transfer
 syntaxes is in the configured list; the first of *our* list that the peer proposed is chosen.
-A peer that breaks the protocol gets an A-ABORT.
+As DCMTK's storescp, a request whose application context name is not 1.2.840.10008.3.1.1.1 is
+rejected (permanent, service user, application context name not supported), one whose protocol
+version lacks bit 0 too (permanent, service provider, protocol version not supported), and a
+context ID proposed more than once gets one answer, an acceptance if any of its proposals is.
+A peer that breaks the protocol gets an A-ABORT: among others, a presentation context without a
+transfer syntax, a P-DATA-TF without PDV items, a PDV fragment of odd length, one command set
+split over two presentation contexts, or a command set larger than 64 KiB.
 
 ## C-STORE status codes
 

@@ -58,6 +58,10 @@ REASON_INVALID_PARAMETER = 0x06
 
 READ_AHEAD = 256 << 10  # bytes asked of each recv_into beyond the PDU being read
 MAX_ASSOCIATE_PDU = 1 << 20  # an A-ASSOCIATE-RQ larger than this is an abort, not an allocation
+# A command set holds a few bounded elements (UIDs of at most 64 bytes, AE titles, US/UL values):
+# a C-STORE-RQ is under 300 bytes, and even an N-GET listing 10,000 attribute tags (0000,1005) stays
+# under 41 KiB. Beyond 64 KiB the peer is not sending a command but filling our memory.
+MAX_COMMAND_SET = 64 << 10
 _HEADER = struct.Struct(">BxL")
 _PDV_HEADER = struct.Struct(">LBB")
 _ELEMENT = struct.Struct("<HHL")
@@ -197,6 +201,17 @@ def prepare(config: Config) -> None:
     _supported_table(config, accepted)
 
 
+def _one_result_per_id(results: list[PresentationContext]) -> list[PresentationContext]:
+    """As acse.negotiate answers (and DCMTK 3.6.7): a repeated context ID once, accepted if any
+    of its proposals is."""
+    kept: dict[int, PresentationContext] = {}
+    for cx in results:
+        earlier = kept.get(cx.context_id)
+        if earlier is None or earlier.result != acse.RESULT_ACCEPTANCE:
+            kept[cx.context_id] = cx
+    return list(kept.values())
+
+
 class Association:
     """One association on a connected socket, served to its end in the calling thread."""
 
@@ -320,6 +335,13 @@ class Association:
         except acse.MalformedRequest as exc:
             raise ProtocolError(f"malformed A-ASSOCIATE-RQ: {exc}", REASON_INVALID_PARAMETER) from None
         self.request = request
+        refused = acse.rejection(request)
+        if refused is not None:
+            self.ctx.calling_ae, self.ctx.called_ae = request.calling_ae_title, request.called_ae_title
+            LOG.warning("rejecting association from %s (%s): %s", request.calling_ae_title, self.ctx.peer, refused[3])
+            self.send(acse.encode_reject(*refused[:3]))
+            self.outcome = "rejected"
+            return False
         rejection = self.on_requested(request)
         if rejection is not None:
             self.send(acse.encode_reject(*rejection[:3]))
@@ -354,6 +376,7 @@ class Association:
                  for item in rq.user_information if isinstance(item, SCP_SCU_RoleSelectionNegotiation)}
         negotiate = negotiate_unrestricted if self.config.promiscuous else negotiate_as_acceptor
         results, role_items = negotiate(rq.presentation_context_definition_list, ours, roles)
+        results = _one_result_per_id(results)
         for cx in results:
             if cx.result == 0x00:
                 self.contexts[cx.context_id] = Context(cx.context_id, str(cx.abstract_syntax),
@@ -391,12 +414,19 @@ class Association:
         timeout = min(t for t in (self.config.socket_timeout, self.config.dimse_timeout, 1 << 30) if t) or None
         self.sock.settimeout(None if timeout == 1 << 30 else timeout)
         command_buf = bytearray()
+        command_context_id: int | None = None  # of the first fragment of the command set being read
         command: Command | None = None
         context: Context | None = None
         receiving = False
         while True:
             pdu_type, body = self.read_pdu()
             if pdu_type == PDU_RELEASE_RQ:
+                if receiving and command is not None:
+                    # DCMTK answers A-RELEASE-RP here too; the object was never acknowledged.
+                    LOG.warning("A-RELEASE-RQ from %s in the middle of the data set of the C-STORE-RQ of %s "
+                                "(message %d): the partial object is dropped", self.ctx.peer,
+                                command.AffectedSOPInstanceUID or "an unnamed SOP instance", command.message_id)
+                    self._drop_partial_object()
                 self.send(bytes([PDU_RELEASE_RP, 0, 0, 0, 0, 4, 0, 0, 0, 0]))
                 self.outcome = "released"
                 return
@@ -407,6 +437,8 @@ class Association:
             if pdu_type != PDU_P_DATA:
                 raise ProtocolError(f"unexpected PDU type 0x{pdu_type:02x} during data transfer")
             offset, end = 0, len(body)
+            if end == 0:
+                raise ProtocolError("P-DATA-TF PDU without any PDV item", REASON_INVALID_PARAMETER)
             while offset < end:
                 if offset + 6 > end:
                     raise ProtocolError("truncated PDV item", REASON_INVALID_PARAMETER)
@@ -415,9 +447,21 @@ class Association:
                 offset += 4 + item_length
                 if item_length < 2 or offset > end:
                     raise ProtocolError("PDV item length out of range", REASON_INVALID_PARAMETER)
+                if len(value) % 2:
+                    # Data elements have even lengths; DCMTK aborts too ("Odd Fragment Length").
+                    raise ProtocolError(f"PDV fragment of odd length {len(value)} on presentation context "
+                                        f"{context_id}", REASON_INVALID_PARAMETER)
                 if header & 1:  # command fragment
                     if receiving:
                         raise ProtocolError("command fragment inside a data set")
+                    if command_context_id is None:
+                        command_context_id = context_id
+                    elif context_id != command_context_id:
+                        raise ProtocolError(f"command set fragments on presentation contexts {command_context_id} "
+                                            f"and {context_id}", REASON_INVALID_PARAMETER)
+                    if len(command_buf) + len(value) > MAX_COMMAND_SET:
+                        raise ProtocolError(f"command set larger than {MAX_COMMAND_SET} bytes (no real command "
+                                            f"set is)", REASON_INVALID_PARAMETER)
                     command_buf += value
                     if header & 2:
                         context = self.contexts.get(context_id)
@@ -425,6 +469,7 @@ class Association:
                             raise ProtocolError(f"message on presentation context {context_id}, which was not accepted")
                         command = decode_command(command_buf)
                         command_buf = bytearray()
+                        command_context_id = None
                         if command.data_set_type == NO_DATA_SET:
                             self.dispatch(command, context)
                             command = None
@@ -449,6 +494,11 @@ class Association:
                         receiving = False
                         self.dispatch(command, context)
                         command = None
+
+    def _drop_partial_object(self) -> None:
+        if self.ctx.current is not None:
+            self.ctx.current.discard()
+            self.ctx.current = None
 
     def dispatch(self, command: Command, context: Context) -> None:
         if command.command_field == C_ECHO_RQ:
@@ -497,9 +547,7 @@ class Association:
             self.send_abort(ABORT_SERVICE_PROVIDER, REASON_NOT_SPECIFIED)
             self.outcome = "aborted"
         finally:
-            if self.ctx.current is not None:
-                self.ctx.current.discard()
-                self.ctx.current = None
+            self._drop_partial_object()
             self.duration = time.monotonic() - started
 
 
