@@ -119,7 +119,8 @@ def decode_command(data: bytes | bytearray) -> Command:
         offset += length
 
     def text(element: int) -> str:
-        return fields.get(element, b"").decode("ascii", "replace").rstrip("\0 ")
+        # latin-1: every byte stays distinct, so a stray byte never makes two UIDs look equal
+        return fields.get(element, b"").decode("latin-1").rstrip("\0 ")
 
     def us(element: int) -> int | None:
         raw = fields.get(element)
