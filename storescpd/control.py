@@ -227,7 +227,7 @@ class ControlServer:
         try:
             request = json.loads(line)
             command = self.commands[request["cmd"]]
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, RecursionError):  # RecursionError: nesting too deep
             return {"ok": False, "code": 400, "error": f"unknown request (commands: {', '.join(self.commands)})"}
         try:
             return {"ok": True, "data": command(request)}
@@ -250,7 +250,7 @@ class ControlServer:
         child = sup.children.get(info.worker_pid) if info else None
         if info is None or child is None:
             raise ControlError(404, f"no running association {assoc_id!r}")
-        if child.association != assoc_id:
+        if child.association != assoc_id or info.state == "aborting":
             raise ControlError(409, f"association {assoc_id} is ending")
         LOG.warning("aborting association %s from %s (%s) on request (worker %d)", assoc_id,
                     info.calling_ae or "?", info.peer, info.worker_pid)
@@ -471,9 +471,16 @@ def _run_directory(configured: str | None) -> tuple[Path, bool]:
     path = Path(configured)
     try:
         path.mkdir(mode=0o750, parents=True, exist_ok=True)
+        st = os.lstat(path)
     except OSError as exc:
         raise ConfigError(f"cannot create the run directory {path}: {exc.strerror} "
                           "(set run_directory to a writable place, e.g. /run/storescpd)") from None
+    # Whoever can replace the control socket in it can answer for the supervisor.
+    if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
+        raise ConfigError(f"the run directory {path} is not a directory (a symbolic link?): name a real one")
+    if st.st_uid != os.geteuid() or st.st_mode & 0o022:
+        raise ConfigError(f"the run directory {path} must belong to this user (uid {os.geteuid()}) and not be "
+                          f"writable by others (it is uid {st.st_uid}, mode {stat.S_IMODE(st.st_mode):o})")
     return path, False
 
 

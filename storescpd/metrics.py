@@ -15,8 +15,8 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, disable_cre
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from .supervisor import is_restart
 from .tls import REASONS as TLS_FAILURE_REASONS
-from .worker import WORKER_BOOT_ERROR
 
 if TYPE_CHECKING:
     from .supervisor import Child, Supervisor
@@ -151,8 +151,7 @@ class Metrics:
             return
         if any(info.worker_pid == pid for info in sup.associations.values()):
             self.associations.labels("aborted").inc()  # the worker died mid-association
-        if child.kind == "worker" and not sup.stopping and child.generation == sup.generation \
-                and data.get("code") != WORKER_BOOT_ERROR:
+        if is_restart(sup, child, int(data.get("code") or 0)):
             self.worker_restarts.inc()
         elif child.kind == "api" and not sup.stopping:
             self.api_restarts.inc()

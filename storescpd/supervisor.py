@@ -56,6 +56,13 @@ class Child:
     output_directory: str = ""  # -od when it was forked: where its staging files are
 
 
+def is_restart(supervisor: Any, child: Child, code: int) -> bool:
+    """A pool worker of the running generation that ended on its own: not a reload, a stop,
+    a boot failure, nor recycling (--max-requests, or retired as surplus: exit 0)."""
+    return (child.kind == "worker" and not supervisor.stopping and child.generation == supervisor.generation
+            and code != WORKER_BOOT_ERROR and not (child.retiring and code == 0))
+
+
 @dataclass
 class Pending:
     sock: socket.socket
@@ -496,8 +503,7 @@ class Supervisor:
             LOG.warning("%s %d exited with %d", child.kind, child.pid, code)
             if child.served == 0 and child.kind in ("worker", "fork"):  # an API crash must not stop workers
                 self.crashes.append(time.monotonic())
-        if (child.kind == "worker" and not self.stopping and child.generation == self.generation
-                and not (child.retiring and code == 0)):  # recycling after --max-requests is no restart
+        if is_restart(self, child, code):
             self.count("worker_restarts")
 
     def _crash_looping(self) -> bool:
@@ -528,28 +534,32 @@ class Supervisor:
             pass
 
     # ---- worker messages -----------------------------------------------------
-    def read_child(self, child: Child) -> None:
+    def read_child(self, child: Child, limit: int = 100) -> bool:
+        """Handle up to ``limit`` messages of a child (a turn of the loop serves every child);
+        True if more may be waiting."""
         if child.channel is None:  # closed earlier in this turn (EOF seen while catching up)
-            return
-        for _ in range(100):
+            return False
+        for _ in range(limit):
             try:
                 message, fds = ipc.receive(child.channel)
             except (BlockingIOError, InterruptedError):
-                return
+                return False
             except OSError:
-                return
+                return False
             for fd in fds:
                 os.close(fd)
             if message is None:
                 self.selector.unregister(child.channel)
                 child.channel.close()
                 child.channel = None
-                return
+                return False
             self.on_message(child, message)
+        return True
 
     def _drain_child(self, child: Child) -> None:
-        if child.channel is not None:
-            self.read_child(child)
+        """Every report a dead child left (its channel holds a few hundred at most)."""
+        while self.read_child(child, limit=1000):
+            pass
 
     def on_message(self, child: Child, message: dict[str, Any]) -> None:
         if "ask" in message:

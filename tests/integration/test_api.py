@@ -179,6 +179,8 @@ def test_delete_aborts_a_running_association(daemon_factory, tmp_path: Path) -> 
         started = time.monotonic()
         response = api.client.delete(f"/associations/{running['id']}")
         assert response.status_code == 202 and response.json()["id"] == running["id"]
+        again = api.client.delete(f"/associations/{running['id']}")
+        assert again.status_code in (404, 409), again.text  # already ending (or ended): no second signal
         output = peer.communicate(timeout=15)[0]
     finally:
         if peer.poll() is None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import selectors
 import socket
 import time
@@ -166,6 +167,10 @@ def test_control_socket_answers_without_blocking(sup: Any, metrics: Metrics, tmp
     partial_box = bytearray()
     serve(server, sup, lambda: read_reply(partial, partial_box))
     assert json.loads(partial_box)["data"]["process_mode"] == "prefork"
+    deep = ask(server.path, b"[" * 60000 + b"\n")  # json.loads raises RecursionError, not ValueError
+    deep_box = bytearray()
+    serve(server, sup, lambda: read_reply(deep, deep_box))
+    assert json.loads(deep_box)["code"] == 400
     bad = ask(server.path, b'{"cmd": "rm -rf"}\n')
     bad_box = bytearray()
     serve(server, sup, lambda: read_reply(bad, bad_box))
@@ -195,3 +200,35 @@ def test_dashboard_and_docs_use_only_metrics_that_exist(metrics: Metrics) -> Non
         used = set(re.findall(r"storescpd_[a-z_]+[a-z]", (root / doc).read_text()))
         assert used and used <= exposed, f"{doc} names metrics storescpd does not expose: {used - exposed}"
     json.loads((root / "docs/grafana-dashboard.json").read_text())
+
+
+def test_recycled_workers_are_no_restarts(sup: Any, metrics: Metrics) -> None:
+    recycled = Child(60, "worker", 0)
+    recycled.retiring = True  # it said so in its last "idle" (--max-requests), or was retired as surplus
+    emit(sup, "child_exited", {"pid": 60, "code": 0}, recycled)
+    assert metrics.value("storescpd_worker_restarts_total") == 0
+    crashed = Child(61, "worker", 0)
+    crashed.retiring = True
+    emit(sup, "child_exited", {"pid": 61, "code": 1}, crashed)  # it died instead of exiting
+    assert metrics.value("storescpd_worker_restarts_total") == 1
+
+
+def test_the_run_directory_must_be_ours_and_closed_to_others(tmp_path: Path) -> None:
+    from storescpd.config import ConfigError
+    from storescpd.control import _run_directory
+
+    mine = tmp_path / "run"
+    assert _run_directory(str(mine)) == (mine, False)  # created 0750
+    (tmp_path / "link").symlink_to(mine)
+    open_to_all = tmp_path / "open"
+    open_to_all.mkdir()
+    open_to_all.chmod(0o1777)
+    cases = [tmp_path / "link", open_to_all]
+    if os.geteuid() == 0:  # as root, a directory of another user can be made here
+        theirs = tmp_path / "theirs"
+        theirs.mkdir(mode=0o755)
+        os.chown(theirs, 65534, 65534)
+        cases.append(theirs)
+    for path in cases:
+        with pytest.raises(ConfigError, match="run directory"):
+            _run_directory(str(path))

@@ -323,3 +323,25 @@ def test_no_reload_while_stopping(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     assert s.reload()["result"] == "failure"
     assert s.generation == generation
     assert s.status_line().startswith("stopping (graceful), ")
+
+
+def test_every_report_of_a_dead_child_is_read_before_its_exit_counts(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """More reports than one turn reads (100): the association must end as released, once."""
+    fake = FakeOS(monkeypatch)
+    s = make(tmp_path)
+    ours, theirs = ipc.channel_pair()
+    ours.setblocking(False)
+    child = sup.Child(pid=4343, kind="fork", generation=s.generation, channel=ours)
+    s.children[child.pid] = child
+    s.selector.register(ours, selectors.EVENT_READ, ("child", child))
+    ipc.send(theirs, {"event": "association_requested", "peer": "127.0.0.1:1"})
+    for n in range(250):
+        ipc.send(theirs, {"event": "stored", "status": "success"})
+    ipc.send(theirs, {"event": "association_ended", "outcome": "released", "bytes": 10})
+    theirs.close()
+    fake.exits = [(child.pid, 0)]
+    s.reap_children()
+    assert s.counters.get("associations_total.released") == 1
+    assert s.counters.get("associations_total.aborted", 0) == 0
+    assert s.counters["objects_stored.success"] == 250 and s.associations == {}
