@@ -37,6 +37,11 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         raise UsageError(message)
 
+    def _get_option_tuples(self, option_string: str) -> list[Any]:
+        # No abbreviations and no joined short flags, as in DCMTK: "+a" is not "+ac", "-rn" not
+        # "-rns", "-vd" not "-v -d" (argparse 3.11 matches single-prefix ones despite allow_abbrev).
+        return []
+
 
 class _StoreTagged(argparse.Action):
     """A value option whose flag carries a tag: stores ``[tag, *values]`` (e.g. -ss/-su)."""
@@ -54,6 +59,8 @@ class _Append(argparse.Action):
 
 
 def _convert(setting: Setting, raw: str, spelling: str) -> Any:
+    if setting.name == "log_level":
+        return raw.lower()  # DCMTK's -ll takes INFO as well as info
     if setting.type is int:
         try:
             return int(raw)
@@ -93,19 +100,24 @@ def _add_flag(parser: argparse.ArgumentParser, setting: Setting, flag: Flag) -> 
 
 
 def expand_command_files(argv: Sequence[str]) -> list[str]:
-    """Replace each ``@file`` argument by the file's words (double quotes group words)."""
+    """Replace each ``@file`` argument by the file's words (double or single quotes group words,
+    as in DCMTK; a file that is not UTF-8 is read as Latin-1)."""
     out: list[str] = []
     for arg in argv:
         if arg.startswith("@") and len(arg) > 1:
             try:
-                with open(arg[1:], encoding="utf-8") as fh:
-                    text = fh.read()
+                with open(arg[1:], "rb") as fh:
+                    raw = fh.read()
             except OSError as exc:
                 raise UsageError(f"cannot open command file '{arg[1:]}': {exc.strerror}") from None
-            for quoted, word in re.findall(r'"([^"]*)"|(\S+)', text):
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                text = raw.decode("latin-1")
+            for double, single, word in re.findall(r'"([^"]*)"|\'([^\']*)\'|(\S+)', text):
                 if word.startswith("@"):
                     raise UsageError(f"command file '{arg[1:]}' cannot contain another command file ({word})")
-                out.append(quoted if word == "" else word)
+                out.append(word or double or single)
         else:
             out.append(arg)
     return out

@@ -213,7 +213,7 @@ SETTINGS: tuple[Setting, ...] = (
         "socket_timeout", 60, "timeout for network socket in seconds (0 for none)", G_NETWORK,
         flags=(_value("-ts", "--socket-timeout", "[s]econds: integer (default: 60)",
                       "timeout for network socket (0 for none)"),),
-        type=int, minimum=0,
+        type=int, minimum=-1,  # DCMTK's minimum; -1, like 0, is no timeout
     ),
     Setting(
         "acse_timeout", 30, "timeout for ACSE messages in seconds", G_NETWORK,
@@ -841,6 +841,8 @@ def _check_combinations(v: dict[str, Any], given: frozenset[str] = frozenset()) 
 
     problems.extend(api_problems(v))
     out = v.get("output_directory")
+    if out == "":
+        problems.append("output directory is empty: name a directory with -od (\".\" for the current one)")
     if out and not v.get("ignore"):
         if not os.path.isdir(out):
             problems.append(f"output directory {out} does not exist: create it or set another with -od")

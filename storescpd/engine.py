@@ -412,7 +412,7 @@ class Association:
 
     # ---- data transfer --------------------------------------------------------
     def serve(self) -> None:
-        timeout = min(t for t in (self.config.socket_timeout, self.config.dimse_timeout, 1 << 30) if t) or None
+        timeout = min(t for t in (self.config.socket_timeout, self.config.dimse_timeout, 1 << 30) if t and t > 0) or None
         self.sock.settimeout(None if timeout == 1 << 30 else timeout)
         command_buf = bytearray()
         command_context_id: int | None = None  # of the first fragment of the command set being read

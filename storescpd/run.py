@@ -66,7 +66,12 @@ def run(config: Config, argv: Sequence[str]) -> int:
 
 def run_inetd(config: Config) -> int:
     """inetd 'nowait': the association's socket is our stdin (and usually stdout and stderr too)."""
-    sock = socket.socket(fileno=os.dup(sys.stdin.fileno()))
+    try:
+        sock = socket.socket(fileno=os.dup(sys.stdin.fileno()))
+    except OSError as exc:
+        LOG.critical("--inetd: standard input is not a connected socket (%s): inetd or a systemd socket "
+                     "with Accept=yes starts storescpd this way", exc.strerror)
+        return 1
     _detach_from_socket_outputs()
     serve_association(sock, config)
     return 0

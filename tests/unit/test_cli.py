@@ -197,3 +197,28 @@ def test_version_from_the_installed_command_exits_0() -> None:
     result = subprocess.run([STORESCPD, "--version"], capture_output=True, text=True, timeout=30)
     assert result.returncode == 0, result.stderr
     assert "(DCMTK storescp 3.6.7 command line compatible)" in result.stdout
+
+
+def test_command_file_single_quotes_and_latin1(tmp_path: Path) -> None:
+    # Measured with DCMTK 3.6.7's --arguments: single quotes group words as double quotes do.
+    f = tmp_path / "args.txt"
+    f.write_text("-aet 'STORESCP2' -fe '.dcm' -od 'out dir'\n")
+    assert cli.expand_command_files([f"@{f}"]) == ["-aet", "STORESCP2", "-fe", ".dcm", "-od", "out dir"]
+    f.write_bytes(b"-od d\xe9\n")  # written by an editor in Latin-1
+    assert cli.expand_command_files([f"@{f}"]) == ["-od", "dé"]
+
+
+@pytest.mark.parametrize("argv", [["+a"], ["-rn"], ["-vd"], ["-ae", "FOO"], ["--max-pd", "5000"]])
+def test_no_abbreviations_or_joined_flags(argv: list[str]) -> None:
+    """DCMTK answers 'Unknown option' to each; a typo must not switch something on."""
+    with pytest.raises(cli.UsageError):
+        values(*argv)
+
+
+def test_values_dcmtk_takes_that_a_strict_reading_refused(tmp_path: Path) -> None:
+    assert values("-ll", "INFO")["log_level"] == "info"
+    assert values("-ts", "-1")["socket_timeout"] == -1  # DCMTK's minimum: no timeout, as 0
+    from storescpd.config import validate
+
+    assert validate({"socket_timeout": -1}) == []
+    assert any("output directory is empty" in p for p in validate({"output_directory": ""}))
