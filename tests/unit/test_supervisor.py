@@ -49,6 +49,16 @@ def workers(s: sup.Supervisor) -> list[int]:
     return sorted(pid for pid, c in s.children.items() if c.kind == "worker")
 
 
+def fork_child_with_channel(s: sup.Supervisor, pid: int) -> tuple[sup.Child, socket.socket]:
+    """A --fork child as the supervisor knows it, and the child's end of its channel."""
+    ours, theirs = ipc.channel_pair()
+    ours.setblocking(False)
+    child = sup.Child(pid=pid, kind="fork", generation=s.generation, channel=ours)
+    s.children[child.pid] = child
+    s.selector.register(ours, selectors.EVENT_READ, ("child", child))
+    return child, theirs
+
+
 def test_pool_is_filled_and_refilled(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     fake = FakeOS(monkeypatch)
     s = make(tmp_path)
@@ -190,11 +200,7 @@ def test_a_dead_childs_last_reports_count_before_its_exit(tmp_path: Path, monkey
     the report is read first, so the study service sees the object before the sender's end."""
     fake = FakeOS(monkeypatch)
     s = make(tmp_path)
-    ours, theirs = socket.socketpair()
-    ours.setblocking(False)
-    child = sup.Child(pid=4242, kind="fork", generation=s.generation, channel=ours)
-    s.children[child.pid] = child
-    s.selector.register(ours, selectors.EVENT_READ, ("child", child))
+    child, theirs = fork_child_with_channel(s, 4242)
     seen: list[str] = []
     s.event_hooks.append(lambda kind, data, c: seen.append(kind))
     ipc.send(theirs, {"event": "stored", "status": "success"})
@@ -330,11 +336,7 @@ def test_every_report_of_a_dead_child_is_read_before_its_exit_counts(tmp_path: P
     """More reports than one turn reads (100): the association must end as released, once."""
     fake = FakeOS(monkeypatch)
     s = make(tmp_path)
-    ours, theirs = ipc.channel_pair()
-    ours.setblocking(False)
-    child = sup.Child(pid=4343, kind="fork", generation=s.generation, channel=ours)
-    s.children[child.pid] = child
-    s.selector.register(ours, selectors.EVENT_READ, ("child", child))
+    child, theirs = fork_child_with_channel(s, 4343)
     ipc.send(theirs, {"event": "association_requested", "peer": "127.0.0.1:1"})
     for n in range(250):
         ipc.send(theirs, {"event": "stored", "status": "success"})
