@@ -123,8 +123,21 @@ def expand_command_files(argv: Sequence[str]) -> list[str]:
     return out
 
 
+_LOG_SWITCHES = {"-q", "--quiet", "-v", "--verbose", "-d", "--debug"}
+
+
+def _log_option_conflicts(argv: Sequence[str]) -> None:
+    """DCMTK's: -ll and -lc exclude -q, -v and -d (they would set the level twice)."""
+    if not _LOG_SWITCHES.intersection(argv):
+        return
+    for spellings, name in ((("-ll", "--log-level"), "--log-level"), (("-lc", "--log-config"), "--log-config")):
+        if any(s in argv for s in spellings):
+            raise UsageError(f"{name} not allowed with --verbose, --debug or --quiet")
+
+
 def parse(argv: Sequence[str]) -> tuple[dict[str, Any], dict[str, Any]]:
     """Return (setting values given on the command line, storescpd's own control options)."""
+    _log_option_conflicts(argv)
     ns = vars(make_parser().parse_args(list(argv)))
     control = {k: ns.pop(k) for k in list(ns) if k.startswith("_")}
     values: dict[str, Any] = {}

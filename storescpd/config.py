@@ -796,6 +796,13 @@ def _output_conflicts(v: dict[str, Any], given: frozenset[str]) -> list[str]:
         problems.append("--padding-create not allowed with --write-dataset")
     if v.get("timenames") and v.get("filenames") == "unique":
         problems.append("--timenames not allowed with --unique-filenames")
+    for pad in v.get("padding") or []:
+        if isinstance(pad, int) and pad < 0:
+            problems.append(f"Invalid value for option --padding-create ({pad})")
+    if "dimse_timeout" in given and v.get("dimse_timeout", 0) < 1:  # in a TOML file 0 is 'unlimited'
+        problems.append(f"Invalid value for option --dimse-timeout (underflow: {v.get('dimse_timeout')})")
+    if "verbose_pc" in given and v.get("verbose_pc") and v.get("log_level") not in ("info", "debug", "trace"):
+        problems.append("--verbose-pc only allowed with verbose mode")
     if used("compression_level") and xfer not in ("deflated", "same"):
         problems.append("--compression-level only allowed with --write-xfer-deflated or --write-xfer-same")
     return problems

@@ -64,7 +64,7 @@ def test_idle_association_is_aborted_after_the_timeout(daemon_factory, option: s
 
 
 def test_no_timeout_keeps_an_idle_association(daemon_factory) -> None:
-    d = daemon_factory("-ts", "0", "-td", "0")
+    d = daemon_factory("-ts", "0")  # and -td unset: unlimited (DCMTK refuses -td 0)
     with socket.create_connection(("127.0.0.1", d.port), timeout=3) as sock:
         sock.sendall(associate_rq())
         assert read_pdu(sock)[0] == PDU_ASSOCIATE_AC

@@ -19,7 +19,7 @@ def test_option_blocks_are_last_wins() -> None:
     assert values("+xe", "+xi")["transfer_syntaxes"] == "implicit"
     assert values("+xi", "+xe")["transfer_syntaxes"] == "little"
     assert values("-q", "-v")["log_level"] == "info"
-    assert values("-v", "-ll", "trace")["log_level"] == "trace"
+    assert values("-ll", "debug", "-ll", "trace")["log_level"] == "trace"
     assert values("--fork", "--single-process")["process_mode"] == "single"
 
 
@@ -222,3 +222,23 @@ def test_values_dcmtk_takes_that_a_strict_reading_refused(tmp_path: Path) -> Non
 
     assert validate({"socket_timeout": -1}) == []
     assert any("output directory is empty" in p for p in validate({"output_directory": ""}))
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["+v"], "--verbose-pc only allowed with verbose mode"),
+    (["+v", "-ll", "warn"], "--verbose-pc only allowed with verbose mode"),
+    (["-q", "-ll", "debug"], "--log-level not allowed with --verbose, --debug or --quiet"),
+    (["-lc", "x.cfg", "-v"], "--log-config not allowed with --verbose, --debug or --quiet"),
+    (["+p", "-1", "8"], "Invalid value for option --padding-create (-1)"),
+    (["-td", "0"], "Invalid value for option --dimse-timeout (underflow: 0)"),
+])
+def test_combinations_and_values_dcmtk_refuses(tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str],
+                                               message: str) -> None:
+    """Each message measured with /usr/bin/storescp 3.6.7 on the same command line (exit 1)."""
+    assert cli.main([*argv, "-od", str(tmp_path), "--check-config", "104"]) == 1
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [["-v", "+v"], ["-ll", "info", "+v"], ["-d", "+v"], ["-td", "1"]])
+def test_what_dcmtk_accepts_of_those(tmp_path: Path, argv: list[str]) -> None:
+    assert cli.main([*argv, "-od", str(tmp_path), "--check-config", "104"]) == 0
