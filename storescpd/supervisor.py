@@ -376,7 +376,7 @@ class Supervisor:
             ipc.send(child.channel, {"conn": {"role": p.role}}, [p.sock.fileno()])
         except OSError as exc:
             LOG.warning("cannot hand a connection to worker %d (%s): another worker takes it", child.pid, exc)
-            child.retiring = True
+            self._retire(child)  # gone, or its channel is stuck: either way it is replaced
             return False
         child.busy = True
         p.sock.close()

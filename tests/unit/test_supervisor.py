@@ -301,7 +301,7 @@ def test_a_surplus_worker_told_to_stop_gets_no_connection(tmp_path: Path, monkey
 
 
 def test_a_connection_a_worker_cannot_take_waits_for_another(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    FakeOS(monkeypatch)
+    fake = FakeOS(monkeypatch)
     s = make(tmp_path, workers=2)
     s.manage_workers()
     first, second = workers(s)
@@ -318,6 +318,7 @@ def test_a_connection_a_worker_cannot_take_waits_for_another(tmp_path: Path, mon
     s.dispatch_ready()
     assert tried == [s.children[first].channel, s.children[second].channel]
     assert s.ready_queue == [] and s.children[second].busy and s.children[first].retiring
+    assert (first, signal.SIGTERM) in fake.kills  # and it is told to go
     b.close()
 
 
