@@ -19,10 +19,9 @@ from .storage import (
     Naming,
     StagingFile,
     UnsafeName,
-    check_complete,
+    inspect_dataset,
     publish,
     publish_new,
-    read_identifiers,
 )
 
 LOG = logging.getLogger("storescpd")
@@ -172,19 +171,13 @@ def _store(event: Any, ctx: StoreContext, sop_class: str, sop_instance: str) -> 
         LOG.error("cannot write %s: %s; answering Out of Resources", sop_instance, exc.strerror or exc)
         return STATUS_OUT_OF_RESOURCES, None
     try:
-        ids = read_identifiers(staged.path, staged.dataset_offset, transfer_syntax,
-                               staged.head, staged.head_is_whole_dataset)
-    except ValueError as exc:
+        ids = inspect_dataset(staged.path, staged.dataset_offset, transfer_syntax,
+                              staged.head, staged.head_is_whole_dataset)
+    except ValueError as exc:  # Incomplete among them
         staged.discard()
-        LOG.error("cannot understand the data set of %s from %s: %s", sop_instance, ctx.calling_ae, exc)
-        return STATUS_CANNOT_UNDERSTAND, None
-    try:
-        check_complete(staged.path, staged.dataset_offset, transfer_syntax, staged.head,
-                       staged.head_is_whole_dataset)
-    except Incomplete as exc:
-        staged.discard()
-        LOG.error("the data set of %s from %s is incomplete: %s; answering 0xC000, nothing stored",
-                  sop_instance, ctx.calling_ae, exc)
+        kind = "is incomplete" if isinstance(exc, Incomplete) else "cannot be understood"
+        LOG.error("the data set of %s from %s %s: %s; answering 0xC000, nothing stored",
+                  sop_instance, ctx.calling_ae, kind, exc)
         return STATUS_CANNOT_UNDERSTAND, None
     mismatch = _mismatch(ids, sop_class, sop_instance, ctx.config.uid_padding)
     if mismatch:

@@ -279,39 +279,8 @@ _IMPLICIT_LE = "1.2.840.10008.1.2"
 _EXPLICIT_BE = "1.2.840.10008.1.2.2"
 
 
-def _scan_identifiers(data: bytes, implicit: bool, little: bool, complete: bool) -> Identifiers | None:
-    """The identifying elements read straight from the bytes, or None when the simple walk cannot
-    be trusted (an undefined length, or the window ends first): the caller then asks pydicom."""
-    head = struct.Struct("<HHL" if little else ">HHL")
-    short = struct.Struct("<HH2sH" if little else ">HH2sH")
-    long_length = struct.Struct("<L" if little else ">L")
-    found: dict[str, bytes] = {}
-    pos, end = 0, len(data)
-    while pos + 8 <= end:
-        if implicit:
-            group, element, length = head.unpack_from(data, pos)
-            header = 8
-        else:
-            group, element, vr, length = short.unpack_from(data, pos)
-            header = 8
-            if not (vr.isalpha() and vr.isupper()):
-                return None  # not explicit VR after all (pydicom can guess; we do not)
-            if vr in _LONG_VRS:
-                if pos + 12 > end:
-                    return None
-                length = long_length.unpack_from(data, pos + 8)[0]
-                header = 12
-        tag = group << 16 | element
-        if tag > _LAST_TAG_NEEDED:
-            break
-        if length == 0xFFFFFFFF or pos + header + length > end:
-            return None
-        if tag in _WANTED:  # a repeated element: the first counts, as in DCMTK
-            found.setdefault(_WANTED[tag], data[pos + header:pos + header + length])
-        pos += header + length
-    else:
-        if not complete:
-            return None
+def _identifiers_from(found: dict[str, bytes]) -> Identifiers:
+    """The identifying elements from their raw top-level values."""
 
     def text(key: str) -> str | None:
         raw = found.get(key)
@@ -333,31 +302,10 @@ def _scan_identifiers(data: bytes, implicit: bool, little: bool, complete: bool)
     )
 
 
-def read_identifiers(path: Path, offset: int, transfer_syntax: str,
-                     head: bytes | bytearray | None = None, head_is_whole: bool = False) -> Identifiers:
-    """Parse the top-level elements up to Study Instance UID; raises ValueError if unreadable.
-
-    ``head`` (the start of the data set, kept in memory as it arrived) spares reading the file
-    back when the identifiers are in it; ``head_is_whole`` says it holds the whole data set."""
-    if transfer_syntax != _DEFLATED:
-        implicit, little = transfer_syntax == _IMPLICIT_LE, transfer_syntax != _EXPLICIT_BE
-        if head:
-            quick = _scan_identifiers(head, implicit, little, complete=head_is_whole)
-            if quick is not None:
-                return quick
-        if not head_is_whole:  # the walk may get further on more of the data set, from the file
-            with open(path, "rb") as fh:
-                fh.seek(offset)
-                window = fh.read(_SCAN_WINDOW)
-            quick = _scan_identifiers(window, implicit, little, complete=len(window) < _SCAN_WINDOW)
-            if quick is not None:
-                return quick
-    return _identifiers_by_pydicom(path, offset, transfer_syntax)
-
-
 _UNDEFINED = 0xFFFFFFFF
 _ITEM, _ITEM_END, _SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
 _MAX_NESTING = 64
+_MAX_IDENTIFIER = 1 << 16
 _INFLATE_CHUNK = 1 << 20
 
 
@@ -365,23 +313,30 @@ class Incomplete(ValueError):
     """The data set's own structure says bytes are missing (or it is not a data set)."""
 
 
-def check_complete(path: Path, offset: int, transfer_syntax: str, head: bytes | bytearray | None = None,
-                   head_is_whole: bool = False) -> None:
-    """Raise Incomplete unless the staged data set is whole: every element's value is there,
-    every sequence and item of undefined length is closed, nothing is left over. Only the
-    element headers are read (from ``head``, the start of the data set kept in memory, then
-    from the file), never the values; a deflated data set must be a complete deflate stream."""
-    implicit, little = transfer_syntax == _IMPLICIT_LE, transfer_syntax != _EXPLICIT_BE
-    if head_is_whole and head is not None and transfer_syntax != _DEFLATED:
-        data = bytes(head)
-        _StructureWalk(None, 0, data, len(data), implicit, little).elements(0, len(data), False, 0)
-        return
-    with open(path, "rb") as fh:
-        if transfer_syntax == _DEFLATED:
+def inspect_dataset(path: Path, offset: int, transfer_syntax: str, head: bytes | bytearray | None = None,
+                    head_is_whole: bool = False) -> Identifiers:
+    """The identifying elements of the staged data set, read in the one walk that proves it whole.
+
+    Raises Incomplete unless every element's value is there, every sequence and item of undefined
+    length is closed and nothing is left over; ValueError if it cannot be read. Only element
+    headers (and the few identifying values) are read: from ``head``, the start of the data set
+    kept in memory as it arrived (``head_is_whole``: all of it), then from the file. A deflated
+    data set must be a complete deflate stream; its identifiers come from its first 1 MiB."""
+    if transfer_syntax == _DEFLATED:
+        with open(path, "rb") as fh:
             _check_deflate_stream(fh, offset)
-            return
+        return _identifiers_by_pydicom(path, offset, transfer_syntax)
+    implicit, little = transfer_syntax == _IMPLICIT_LE, transfer_syntax != _EXPLICIT_BE
+    if head_is_whole and head is not None:
+        data = bytes(head)
+        walk = _StructureWalk(None, 0, data, len(data), implicit, little)
+        walk.elements(0, len(data), False, 0)
+        return _identifiers_from(walk.found)
+    with open(path, "rb") as fh:
         size = os.fstat(fh.fileno()).st_size - offset
-        _StructureWalk(fh, offset, bytes(head or b""), size, implicit, little).elements(0, size, False, 0)
+        walk = _StructureWalk(fh, offset, bytes(head or b""), size, implicit, little)
+        walk.elements(0, size, False, 0)
+    return _identifiers_from(walk.found)
 
 
 def _check_deflate_stream(fh: BinaryIO, offset: int) -> None:
@@ -411,6 +366,7 @@ class _StructureWalk:
                  little: bool) -> None:
         self.fh, self.offset, self.size, self.implicit = fh, offset, size, implicit
         self.data, self.base = head, 0  # self.data holds the data set's bytes from self.base on
+        self.found: dict[str, bytes] = {}  # the raw values of the identifying top-level elements
         order = "<" if little else ">"
         self.tag_length = struct.Struct(order + "HHL").unpack_from
         self.short_length = struct.Struct(order + "H").unpack_from
@@ -457,11 +413,16 @@ class _StructureWalk:
             if length == _UNDEFINED:
                 # Contents of an undefined-length UN are implicit VR little endian (PS3.5 6.2.2).
                 pos = self.sequence(pos, depth + 1, implicit=implicit or vr == b"UN")
-            elif pos + length > size:
+                continue
+            if pos + length > size:
                 raise Incomplete(f"the data set ends inside the value of ({group:04X},{element:04X}) "
                                  f"({length} bytes, at byte {pos} of {size})")
-            else:
-                pos += length
+            if depth == 0 and (name := _WANTED.get(group << 16 | element)) and name not in self.found:
+                if length > _MAX_IDENTIFIER:  # no UID, name or character set is this long
+                    raise ValueError(f"({group:04X},{element:04X}) of {length} bytes cannot identify an object")
+                i = at(pos, length, "a value")  # a repeated element: the first counts, as in DCMTK
+                self.found[name] = bytes(self.data[i:i + length])
+            pos += length
         if pos != end:
             raise Incomplete(f"an element runs past the end of its item (byte {pos})")
         return pos
