@@ -1,6 +1,6 @@
-"""Write storescpd/sop_classes.py from parse_manpage.py + the JSON produced by verify_sop_classes.py.
+"""Write storescpd/dicom/sop_classes.py from parse_manpage.py + the JSON produced by verify_sop_classes.py.
 
-Usage: gen_sop_classes.py RESULT.json > storescpd/sop_classes.py
+Usage: gen_sop_classes.py RESULT.json > storescpd/dicom/sop_classes.py
 """
 import json
 import os

@@ -72,7 +72,7 @@ def api_daemon(daemon_factory, *args: str) -> tuple[Daemon, Api]:
 def api_pid(d: Daemon) -> int:
     for pid in children_of(d.pid):
         try:
-            if b"storescpd.api" in Path(f"/proc/{pid}/cmdline").read_bytes():
+            if b"storescpd.control.api" in Path(f"/proc/{pid}/cmdline").read_bytes():
                 return pid
         except OSError:
             pass
@@ -406,11 +406,11 @@ def test_socket_activation_with_an_api_socket(tmp_path: Path) -> None:
 
 
 def test_openapi_json_is_the_apps_schema() -> None:
-    from storescpd.api.__main__ import openapi_text
+    from storescpd.control.api.__main__ import openapi_text
 
     checked_in = (ROOT / "api" / "openapi.json").read_text()
     assert checked_in == openapi_text(), \
-        "api/openapi.json differs from the app: regenerate with `python -m storescpd.api --print-openapi > api/openapi.json`"
+        "api/openapi.json differs from the app: regenerate with `python -m storescpd.control.api --print-openapi > api/openapi.json`"
 
 
 # ---- churn -------------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ def setup_module() -> None:
 def _proposed() -> list[str]:
     from pynetdicom.sop_class import _STORAGE_CLASSES
 
-    from storescpd.sop_classes import STORAGE_SOP_CLASSES, VERIFICATION_SOP_CLASS
+    from storescpd.dicom.sop_classes import STORAGE_SOP_CLASSES, VERIFICATION_SOP_CLASS
 
     uids = {VERIFICATION_SOP_CLASS, PRIVATE_CLASS, *(uid for uid, _, _ in STORAGE_SOP_CLASSES),
             *map(str, _STORAGE_CLASSES.values())}
@@ -23,7 +23,7 @@ def _proposed() -> list[str]:
 
 
 def test_default_accepts_the_storage_classes_dcmtk_accepts(daemon_factory, dcmtk_storescp) -> None:
-    from storescpd.sop_classes import NOT_IN_DCMTK_367
+    from storescpd.dicom.sop_classes import NOT_IN_DCMTK_367
 
     proposed = _proposed()
     ours = accepted_contexts(daemon_factory().port, proposed)

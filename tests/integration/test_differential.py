@@ -27,7 +27,7 @@ import pydicom
 import pytest
 from pydicom.uid import ExplicitVRLittleEndian
 
-from storescpd.convert import dataset_elements
+from storescpd.store.convert import dataset_elements
 from tests.conftest import DCMTK, ROOT, STORESCPD, TEST_FILES, free_port, require_dcmtk, storescu
 
 # Files with distinct SOP Instance UIDs, sendable by storescu, accepted by storescp's default list.
@@ -301,7 +301,7 @@ def test_accepted_where_dcmtk_accepts(tmp_path: Path) -> None:
 # --- negotiation profiles ---------------------------------------------------------------------
 
 def _profiles() -> list[str]:
-    from storescpd.asconfig import load_all
+    from storescpd.dicom.asconfig import load_all
 
     return [p.name for p in load_all(CFG).values()]
 
@@ -329,7 +329,7 @@ def accepted_contexts(port: int, abstract_syntaxes: list[str]) -> set[tuple[str,
 
 @pytest.mark.parametrize("profile", _profiles())
 def test_profile_accepts_what_dcmtk_accepts(profile: str, daemon_factory, dcmtk_storescp) -> None:
-    from storescpd.sop_classes import STORAGE_SOP_CLASSES, VERIFICATION_SOP_CLASS
+    from storescpd.dicom.sop_classes import STORAGE_SOP_CLASSES, VERIFICATION_SOP_CLASS
 
     ours = daemon_factory("-xf", CFG, profile)
     theirs = dcmtk_storescp("-xf", CFG, profile)
@@ -340,7 +340,7 @@ def test_profile_accepts_what_dcmtk_accepts(profile: str, daemon_factory, dcmtk_
 
 
 def test_dcmtk_profile_file_reads_the_same_as_ours() -> None:
-    from storescpd.asconfig import load_all
+    from storescpd.dicom.asconfig import load_all
 
     dcmtk_file = Path("/etc/dcmtk/storescp.cfg")
     if not dcmtk_file.exists():

@@ -66,7 +66,7 @@ def prefixes(files: list[Path], instance_to_class: dict[str, str]) -> dict[str, 
 
 
 def test_prefixes_match_dcmtk(daemon_factory, dcmtk_storescp, tmp_path: Path) -> None:
-    from storescpd.sop_classes import file_prefix
+    from storescpd.dicom.sop_classes import file_prefix
 
     sent = tmp_path / "sent"
     sent.mkdir()

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from storescpd.access import Client, allowed
+from storescpd.daemon.access import Client, allowed
 
 
 def rules(tmp_path: Path, allow: str, deny: str) -> tuple[Path, Path]:

@@ -14,8 +14,8 @@ from pynetdicom.pdu_primitives import (
 )
 from pynetdicom.presentation import PresentationContext, negotiate_as_acceptor
 
-from storescpd import acse
-from storescpd.negotiation import contexts
+from storescpd.dicom import acse
+from storescpd.dicom.negotiation import contexts
 
 CT, MR, PRIVATE = "1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.5.1.4.1.1.4", "1.2.3.4.5.6"
 IMPLICIT, EXPLICIT, BIG, J2K = "1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2", "1.2.840.10008.1.2.4.91"
@@ -103,10 +103,10 @@ def test_an_internal_error_aborts_only_that_association(monkeypatch: pytest.Monk
     """A bug in a handler must end the association with an A-ABORT and a summary, not escape."""
     import socket as socketlib
 
-    from storescpd import config as cfg
-    from storescpd import engine
-    from storescpd.handlers import StoreContext
-    from storescpd.storage import prepare_staging_dir
+    from storescpd.config import settings as cfg
+    from storescpd.dicom import engine
+    from storescpd.store.handlers import StoreContext
+    from storescpd.store.storage import prepare_staging_dir
 
     config = cfg.Config({**cfg.defaults(), "output_directory": str(tmp_path)})
     ctx = StoreContext(config=config, output_dir=tmp_path, staging_dir=prepare_staging_dir(tmp_path))
@@ -131,7 +131,7 @@ def test_an_internal_error_aborts_only_that_association(monkeypatch: pytest.Monk
 @pytest.mark.parametrize("data_set_type,announces", [(0x0000, True), (0x0001, True), (0x0102, True),
                                                      (0x0101, False)])
 def test_command_data_set_type(data_set_type: int, announces: bool) -> None:
-    from storescpd.engine import NO_DATA_SET, decode_command
+    from storescpd.dicom.engine import NO_DATA_SET, decode_command
 
     def element(number: int, value: bytes) -> bytes:
         return struct.pack("<HHI", 0, number, len(value)) + value

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from storescpd.asconfig import load_all, load_profile
-from storescpd.config import ConfigError
+from storescpd.dicom.asconfig import load_all, load_profile
+from storescpd.dicom.asconfig import ProfileError
 from tests.conftest import ROOT
 
 GOOD = """\
@@ -81,7 +81,7 @@ def test_shipped_profiles_load() -> None:
 def test_errors_name_file_line_and_problem(tmp_path: Path, change: tuple[str, str], line: int, words: str) -> None:
     old, new = change
     path = write(tmp_path, GOOD.replace(old, new, 1))
-    with pytest.raises(ConfigError) as caught:
+    with pytest.raises(ProfileError) as caught:
         load_profile(path, "Mine")
     message = str(caught.value)
     assert f"{path}, line {line}:" in message
@@ -90,16 +90,17 @@ def test_errors_name_file_line_and_problem(tmp_path: Path, change: tuple[str, st
 
 def test_missing_supersection_and_profile(tmp_path: Path) -> None:
     path = write(tmp_path, GOOD.replace("[[Profiles]]", "[[Profile]]"))
-    with pytest.raises(ConfigError, match=r"mandatory supersection \[\[Profiles\]\]"):
+    with pytest.raises(ProfileError, match=r"mandatory supersection \[\[Profiles\]\]"):
         load_profile(path, "Mine")
-    with pytest.raises(ConfigError, match="has no profile 'Other' \\(it has: Mine\\)"):
+    with pytest.raises(ProfileError, match="has no profile 'Other' \\(it has: Mine\\)"):
         load_profile(write(tmp_path, GOOD), "Other")
-    with pytest.raises(ConfigError, match="cannot read association negotiation profile file"):
+    with pytest.raises(ProfileError, match="cannot read association negotiation profile file"):
         load_profile(str(tmp_path / "absent.cfg"), "Mine")
 
 
 def test_broken_profile_is_a_configuration_error(tmp_path: Path) -> None:
-    from storescpd.config import build
+    from storescpd.config.load import build
+    from storescpd.config.settings import ConfigError
 
     path = write(tmp_path, GOOD.replace("LittleEndianImplicit", "FooBar"))
     with pytest.raises(ConfigError, match="line 5"):

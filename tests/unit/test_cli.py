@@ -7,8 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from storescpd import cli
-from storescpd.config import SETTINGS, ConfigError, load_toml
+from storescpd.cli.main import main
+from storescpd.config import cmdline as cli
+from storescpd.config.settings import SETTINGS, ConfigError
+from storescpd.config.load import load_toml
 
 
 def values(*argv: str) -> dict:
@@ -38,7 +40,7 @@ def test_timenames_is_a_switch_outside_the_filenames_block(tmp_path: Path,
     assert values("-tn", "-uf") == {"timenames": True, "filenames": "default"}
     assert values("-uf", "-tn") == {"timenames": True, "filenames": "default"}
     for argv in (["+uf", "-tn"], ["-tn", "+uf"]):
-        assert cli.main([*argv, "-od", str(tmp_path), "--check-config", "104"]) == 1
+        assert main([*argv, "-od", str(tmp_path), "--check-config", "104"]) == 1
         assert "--timenames not allowed with --unique-filenames" in capsys.readouterr().err
 
 
@@ -51,7 +53,7 @@ def test_filenames_timenames_of_earlier_files_still_reads(tmp_path: Path) -> Non
 
 def test_an_encoding_option_named_at_its_default_re_encodes(tmp_path: Path) -> None:
     # DCMTK's +e writes explicit lengths even though it is the default; no option keeps the stream.
-    from storescpd.convert import EXPLICIT_LE, encoding_for
+    from storescpd.store.convert import EXPLICIT_LE, encoding_for
 
     plain, _ = cli.load_config(["-od", str(tmp_path), "104"])
     assert encoding_for(plain, EXPLICIT_LE) is None
@@ -105,22 +107,22 @@ def test_command_file_cannot_nest(tmp_path: Path) -> None:
 
 
 def test_out_of_range_value_names_the_setting(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert cli.main(["-pdu", "100", "-od", str(tmp_path), "--check-config", "104"]) == 1
+    assert main(["-pdu", "100", "-od", str(tmp_path), "--check-config", "104"]) == 1
     assert "max_pdu must be at least 4096, not 100" in capsys.readouterr().err
 
 
 def test_missing_output_directory_says_what_to_do(capsys: pytest.CaptureFixture[str]) -> None:
-    assert cli.main(["-od", "/nonexistent/dir", "--check-config", "104"]) == 1
+    assert main(["-od", "/nonexistent/dir", "--check-config", "104"]) == 1
     assert "output directory /nonexistent/dir does not exist: create it" in capsys.readouterr().err
 
 
 def test_conflicts_are_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert cli.main(["--inetd", "--fork", "-od", str(tmp_path), "--check-config"]) == 1
+    assert main(["--inetd", "--fork", "-od", str(tmp_path), "--check-config"]) == 1
     assert "--inetd cannot be combined with --fork" in capsys.readouterr().err
 
 
 def test_help_lists_every_spelling_grouped_like_the_manual(capsys: pytest.CaptureFixture[str]) -> None:
-    assert cli.main(["-h"]) == 0
+    assert main(["-h"]) == 0
     text = capsys.readouterr().out
     for setting in SETTINGS:
         for flag in setting.flags:
@@ -130,7 +132,7 @@ def test_help_lists_every_spelling_grouped_like_the_manual(capsys: pytest.Captur
 
 
 def test_print_config_is_valid_toml_that_loads_back(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert cli.main(["-od", str(tmp_path), "-aet", "X", "+xa", "--print-config", "104"]) == 0
+    assert main(["-od", str(tmp_path), "-aet", "X", "+xa", "--print-config", "104"]) == 0
     text = capsys.readouterr().out
     data = tomllib.loads(text)
     assert data["aetitle"] == "X" and data["transfer_syntaxes"] == "all" and data["port"] == 104
@@ -160,22 +162,22 @@ def test_arguments_prints_the_expansion_and_goes_on(tmp_path: Path, capsys: pyte
     f = tmp_path / "a.txt"
     f.write_text("+xa -v")
     # --check-config stops the run after the arguments were printed, as a port would keep it running
-    assert cli.main(["--arguments", f"@{f}", "-od", str(tmp_path), "--check-config", "104"]) == 0
+    assert main(["--arguments", f"@{f}", "-od", str(tmp_path), "--check-config", "104"]) == 0
     captured = capsys.readouterr()
     assert "I: calling 'storescpd' with 7 arguments: '--arguments' '+xa' '-v' '-od'" in captured.err
     assert "configuration OK" in captured.out
 
 
 def test_no_arguments_prints_help(capsys: pytest.CaptureFixture[str]) -> None:
-    assert cli.main([]) == 0
+    assert main([]) == 0
     assert "usage: storescpd [options] [port]" in capsys.readouterr().out
 
 
 def test_documented_config_file_is_generated_from_the_table() -> None:
-    from storescpd.config import documented_defaults
+    from storescpd.config.load import documented_defaults
 
     committed = (Path(__file__).resolve().parents[2] / "etc" / "storescpd.toml").read_text()
-    assert committed == documented_defaults(), "regenerate: python -m storescpd.config > etc/storescpd.toml"
+    assert committed == documented_defaults(), "regenerate: python -m storescpd.config.load > etc/storescpd.toml"
 
 
 @pytest.mark.parametrize("argv", [["--version"], ["--version", "-od", "/nonexistent", "104"]])
@@ -183,7 +185,7 @@ def test_version_prints_ours_and_the_dcmtk_line_and_exits_0(argv: list[str],
                                                            capsys: pytest.CaptureFixture[str]) -> None:
     from storescpd import __version__
 
-    assert cli.main(argv) == 0
+    assert main(argv) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == f"storescpd v{__version__}"
     assert lines[1] == "(DCMTK storescp 3.6.7 command line compatible)"
@@ -218,7 +220,7 @@ def test_no_abbreviations_or_joined_flags(argv: list[str]) -> None:
 def test_values_dcmtk_takes_that_a_strict_reading_refused(tmp_path: Path) -> None:
     assert values("-ll", "INFO")["log_level"] == "info"
     assert values("-ts", "-1")["socket_timeout"] == -1  # DCMTK's minimum: no timeout, as 0
-    from storescpd.config import validate
+    from storescpd.config.load import validate
 
     assert validate({"socket_timeout": -1}) == []
     assert any("output directory is empty" in p for p in validate({"output_directory": ""}))
@@ -235,10 +237,10 @@ def test_values_dcmtk_takes_that_a_strict_reading_refused(tmp_path: Path) -> Non
 def test_combinations_and_values_dcmtk_refuses(tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str],
                                                message: str) -> None:
     """Each message measured with /usr/bin/storescp 3.6.7 on the same command line (exit 1)."""
-    assert cli.main([*argv, "-od", str(tmp_path), "--check-config", "104"]) == 1
+    assert main([*argv, "-od", str(tmp_path), "--check-config", "104"]) == 1
     assert message in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("argv", [["-v", "+v"], ["-ll", "info", "+v"], ["-d", "+v"], ["-td", "1"]])
 def test_what_dcmtk_accepts_of_those(tmp_path: Path, argv: list[str]) -> None:
-    assert cli.main([*argv, "-od", str(tmp_path), "--check-config", "104"]) == 0
+    assert main([*argv, "-od", str(tmp_path), "--check-config", "104"]) == 0

@@ -11,10 +11,10 @@ import pydicom
 import pytest
 from pydicom.filereader import read_dataset
 
-from storescpd import convert
-from storescpd.config import defaults
-from storescpd.convert import DEFLATED_LE, EXPLICIT_BE, EXPLICIT_LE, IMPLICIT_LE, Encoding, encoding_for
-from storescpd.filemeta import file_meta_bytes
+from storescpd.store import convert
+from storescpd.config.settings import defaults
+from storescpd.store.convert import DEFLATED_LE, EXPLICIT_BE, EXPLICIT_LE, IMPLICIT_LE, Encoding, encoding_for
+from storescpd.dicom.filemeta import file_meta_bytes
 from tests.conftest import TEST_FILES
 from tests.integration.test_differential import crafted_bytes, split_meta
 
@@ -114,7 +114,7 @@ def test_padding_makes_file_and_items_multiples(tmp_path: Path) -> None:
 
 
 def test_a_non_default_encoding_in_the_file_re_encodes() -> None:
-    from storescpd.config import build
+    from storescpd.config.load import build
 
     assert encoding_for(build({"length_encoding": "undefined"}, {}, "storescpd.toml"), EXPLICIT_LE) is not None
     assert encoding_for(build({"length_encoding": "explicit"}, {}, "storescpd.toml"), EXPLICIT_LE) is None

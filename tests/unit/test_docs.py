@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from storescpd.docs import render
+from storescpd.config.docs import render
 from tests.conftest import ROOT
 
 
 def test_committed_options_reference_is_generated() -> None:
     committed = (ROOT / "docs" / "options.md").read_text()
-    assert committed == render(), "docs/options.md is stale: run .venv/bin/python -m storescpd.docs > docs/options.md"
+    assert committed == render(), "docs/options.md is stale: run .venv/bin/python -m storescpd.config.docs > docs/options.md"
 
 
 def test_every_flag_has_a_status() -> None:
@@ -19,15 +19,15 @@ def test_every_flag_has_a_status() -> None:
 
 
 def test_committed_conformance_statement_is_generated() -> None:
-    from storescpd.conformance import render as conformance
+    from storescpd.config.conformance import render as conformance
 
     committed = (ROOT / "docs" / "conformance.md").read_text()
-    assert committed == conformance(), "docs/conformance.md is stale: run .venv/bin/python -m storescpd.conformance > docs/conformance.md"
+    assert committed == conformance(), "docs/conformance.md is stale: run .venv/bin/python -m storescpd.config.conformance > docs/conformance.md"
 
 
 def test_man_page_configuration_section_names_every_toml_key() -> None:
-    from storescpd.config import SETTINGS
-    from storescpd.docs import man_configuration_section
+    from storescpd.config.settings import SETTINGS
+    from storescpd.config.docs import man_configuration_section
 
     text = man_configuration_section()
     assert text.startswith("[CONFIGURATION FILE]")

@@ -11,16 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from storescpd.hooks import (
-    HookRequest,
-    HookRunner,
-    OptionInjection,
-    command_problem,
-    command_warnings,
-    environment,
-    split_command,
-    substitute,
-)
+from storescpd.config.commands import command_problem, command_warnings, split_command
+from storescpd.store.hooks import HookRequest, HookRunner, OptionInjection, environment, substitute
 
 INJECTIONS = ['x";touch PWNED;"', "$(id)", "`id`", "-rf", "a b", "1.2;3", "'; rm -rf / #", "#p#f"]
 
@@ -204,8 +196,8 @@ def test_async_hooks_are_queued_reaped_and_logged(tmp_path: Path) -> None:
 
 
 def test_hook_timeout_comes_from_the_configuration(tmp_path: Path) -> None:
-    from storescpd import config as cfg
-    from storescpd.studies import StudyService
+    from storescpd.config import settings as cfg
+    from storescpd.store.studies import StudyService
 
     values = {**cfg.defaults(), "output_directory": str(tmp_path), "exec_on_reception": "/bin/true #f",
               "hook_timeout": 7}
@@ -213,8 +205,8 @@ def test_hook_timeout_comes_from_the_configuration(tmp_path: Path) -> None:
 
 
 def test_a_reloaded_hook_timeout_applies_to_hooks_started_after_it(tmp_path: Path) -> None:
-    from storescpd import config as cfg
-    from storescpd.studies import StudyService
+    from storescpd.config import settings as cfg
+    from storescpd.store.studies import StudyService
 
     values = {**cfg.defaults(), "output_directory": str(tmp_path), "exec_on_reception": "/bin/true #f",
               "hook_timeout": 7}

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from storescpd.config import ConfigError
-from storescpd.logconfig import check, load, root_level
+from storescpd.config.settings import ConfigError
+from storescpd.config.logconfig import check, load, root_level
 
 DCMTK_STYLE = """\
 # as /etc/dcmtk/logger.cfg

@@ -14,11 +14,11 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from storescpd.config import Config, defaults
-from storescpd.control import ControlServer
-from storescpd.metrics import Metrics, reject_reason
-from storescpd.supervisor import AssociationInfo, Child
-from storescpd.worker import WORKER_BOOT_ERROR
+from storescpd.config.settings import Config, defaults
+from storescpd.control.plane import ControlServer
+from storescpd.control.metrics import Metrics, reject_reason
+from storescpd.daemon.supervisor import AssociationInfo, Child
+from storescpd.daemon.worker import WORKER_BOOT_ERROR
 
 
 def fake_supervisor(tmp_path: Path) -> Any:
@@ -214,8 +214,8 @@ def test_recycled_workers_are_no_restarts(sup: Any, metrics: Metrics) -> None:
 
 
 def test_the_run_directory_must_be_ours_and_closed_to_others(tmp_path: Path) -> None:
-    from storescpd.config import ConfigError
-    from storescpd.control import _run_directory
+    from storescpd.config.settings import ConfigError
+    from storescpd.control.plane import _run_directory
 
     mine = tmp_path / "run"
     assert _run_directory(str(mine)) == (mine, False)  # created 0750

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from storescpd.config import PREFERENCES
-from storescpd.negotiation import STORAGE_PREFERENCES
+from storescpd.config.settings import PREFERENCES
+from storescpd.dicom.negotiation import STORAGE_PREFERENCES
 
 MEASURED = json.loads((Path(__file__).resolve().parents[2] / "docs" / "dcmtk-reference" /
                        "negotiation_result.json").read_text())

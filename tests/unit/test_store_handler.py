@@ -12,9 +12,9 @@ import pydicom
 import pytest
 from pydicom.filewriter import dcmwrite
 
-from storescpd import config as cfg
-from storescpd import storage
-from storescpd.handlers import (
+from storescpd.config import settings as cfg
+from storescpd.store import storage
+from storescpd.store.handlers import (
     STATUS_CANNOT_UNDERSTAND,
     STATUS_DATASET_DOES_NOT_MATCH_SOP_CLASS,
     STATUS_OUT_OF_RESOURCES,
@@ -22,7 +22,7 @@ from storescpd.handlers import (
     StoreContext,
     handle_store,
 )
-from storescpd.storage import Naming, StagingFile, UnsafeName, prepare_staging_dir, publish_new, safe_uid_component
+from storescpd.store.storage import Naming, StagingFile, UnsafeName, prepare_staging_dir, publish_new, safe_uid_component
 from tests.conftest import TEST_FILES
 
 CT = TEST_FILES / "CT_small.dcm"
@@ -136,7 +136,7 @@ def test_hand_encoded_file_meta_equals_pydicoms() -> None:
     from pydicom.filewriter import write_file_meta_info
 
     from storescpd import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
-    from storescpd.filemeta import file_meta_bytes
+    from storescpd.dicom.filemeta import file_meta_bytes
 
     for ae in ("STORESCU", "ODD", ""):
         meta = FileMetaDataset()
@@ -168,7 +168,7 @@ def _dataset_files() -> list[Path]:
 
 @pytest.mark.parametrize("source", _dataset_files(), ids=lambda p: p.name)
 def test_identifiers_agree_with_pydicom(source: Path) -> None:
-    from storescpd.storage import _identifiers_by_pydicom, inspect_dataset
+    from storescpd.store.storage import _identifiers_by_pydicom, inspect_dataset
 
     data = source.read_bytes()
     ds = pydicom.dcmread(source, stop_before_pixels=True)
@@ -191,7 +191,7 @@ def test_identifiers_agree_with_pydicom(source: Path) -> None:
 
 
 def test_identifiers_come_from_the_head_without_reading_the_file(tmp_path: Path) -> None:
-    from storescpd.storage import inspect_dataset
+    from storescpd.store.storage import inspect_dataset
 
     ctx = make_ctx(tmp_path)
     event = receive(ctx, CT)
@@ -296,7 +296,7 @@ DEFLATED = "1.2.840.10008.1.2.1.99"
 
 @pytest.mark.parametrize("source", _dataset_files(), ids=lambda p: p.name)
 def test_every_whole_data_set_is_complete_and_every_cut_one_is_not(source: Path, tmp_path: Path) -> None:
-    from storescpd.storage import Incomplete, inspect_dataset
+    from storescpd.store.storage import Incomplete, inspect_dataset
 
     dataset, ts = _dataset_of(source)
     staged = tmp_path / "staged"
@@ -348,7 +348,7 @@ def test_a_data_set_cut_short_gets_c000_and_replaces_nothing(tmp_path: Path, cut
 
 @pytest.mark.parametrize("value", [b"1.2.3.4.5\\9.9.9.9", b"1.2.3.4.\xfe"], ids=["two-values", "stray-byte"])
 def test_a_sop_instance_uid_that_only_begins_like_the_commands_gets_a900(tmp_path: Path, value: bytes) -> None:
-    from storescpd.storage import inspect_dataset
+    from storescpd.store.storage import inspect_dataset
 
     path = tmp_path / "ds"
     dataset = (b"\x08\x00\x16\x00UI" + struct.pack("<H", 26) + b"1.2.840.10008.5.1.4.1.1.2\0"

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from storescpd import studies
-from storescpd.config import Config, defaults
-from storescpd.storage import UnsafeName
-from storescpd.studies import (
+from storescpd.store import studies
+from storescpd.config.settings import Config, defaults
+from storescpd.store.storage import UnsafeName
+from storescpd.store.studies import (
     END_OF_STUDY,
     RECEPTION,
     StudyService,

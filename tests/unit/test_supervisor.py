@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 
-from storescpd import config as cfg
-from storescpd import ipc
-from storescpd import supervisor as sup
-from storescpd.worker import WORKER_BOOT_ERROR
+from storescpd.config import settings as cfg
+from storescpd.daemon import ipc
+from storescpd.daemon import supervisor as sup
+from storescpd.daemon.worker import WORKER_BOOT_ERROR
 
 
 class FakeOS:

@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from storescpd import config, tls
+from storescpd.config import load as config_load
+from storescpd.config import settings as config
+from storescpd.dicom import tls
 
 OPENSSL = shutil.which("openssl") or "/usr/bin/openssl"
 
@@ -110,7 +112,7 @@ def test_unreadable_key_names_the_file_and_the_fix(pki: Pki, tmp_path: Path) -> 
 def test_whole_configuration_build_reports_tls_problems(pki: Pki, tmp_path: Path) -> None:
     values = tls_values(pki, tls=[str(tmp_path / "gone.key"), pki.server_crt], output_directory=str(tmp_path))
     with pytest.raises(config.ConfigError, match="gone.key"):
-        config.build({}, {k: v for k, v in values.items() if v is not None}, None)
+        config_load.build({}, {k: v for k, v in values.items() if v is not None}, None)
 
 
 def test_key_of_another_certificate_is_named(pki: Pki) -> None:

@@ -1,6 +1,0 @@
-"""The control API: FastAPI on uvicorn in its own process, exec'd by the supervisor.
-
-``storescpd.api.app`` builds the application (it reaches the supervisor only through the
-control socket), ``python -m storescpd.api`` runs it on a socket the supervisor passes in,
-``storescpd.api.address`` holds the address and token rules the configuration checks.
-"""

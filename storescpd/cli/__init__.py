@@ -1,0 +1,1 @@
+"""The `storescpd` command: argv to configuration, then the process mode that serves it."""

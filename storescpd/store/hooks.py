@@ -1,0 +1,328 @@
+"""Hooks (-xcr, -xcs): commands run as argument vectors, never through a shell.
+
+DCMTK storescp substitutes the placeholders into the command string and hands it to
+``/bin/sh -c``, so a calling AE title such as ``x";touch PWNED;"`` runs a command
+(CVE-2026-5663). Here the configured command is split into arguments once (``shlex``, at
+configuration time); each placeholder is replaced inside its own argument, so a value from
+the peer is always exactly one argument, whatever it contains. One that would begin an
+argument with '-' with no '--' before it would be read as an option (an AE title '-rf'): the
+hook does not run for that event (``OptionInjection``). The values are also passed in the
+environment (``ENVIRONMENT``).
+
+A hook starts with stdin on /dev/null, stdout and stderr on a pipe we read (the tail is
+logged with the exit status), no inherited descriptors, no ``NOTIFY_SOCKET``/``LISTEN_*``,
+default signal dispositions, in its own process group (so a timeout kills what it started).
+A hook never changes the status of a C-STORE.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import re
+import select
+import shlex
+import signal
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Callable
+
+from storescpd.config.commands import END_OF_OPTIONS, PEER_CONTROLLED, PLACEHOLDER_PATTERN, split_command
+
+LOG = logging.getLogger("storescpd.hooks")
+
+PLACEHOLDERS = {"#p": "path", "#f": "file", "#a": "calling_ae", "#c": "called_ae", "#r": "peer"}
+ENVIRONMENT = {
+    "path": "STORESCPD_PATH",
+    "file": "STORESCPD_FILE",
+    "calling_ae": "STORESCPD_CALLING_AE",
+    "called_ae": "STORESCPD_CALLED_AE",
+    "peer": "STORESCPD_PEER",
+}
+EVENT_VARIABLE = "STORESCPD_EVENT"  # "reception" or "end-of-study"
+# Never handed to a hook: systemd's channels belong to the daemon alone.
+_PRIVATE_VARIABLES = ("NOTIFY_SOCKET", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "WATCHDOG_USEC",
+                      "WATCHDOG_PID")
+_RESET_SIGNALS = frozenset(s for s in signal.Signals if s not in (signal.SIGKILL, signal.SIGSTOP))
+
+HOOK_TIMEOUT_SECONDS = 600.0  # a hook still running after this is killed (with its process group)
+MAX_RUNNING = 32  # asynchronous hooks at once; more wait in order
+OUTPUT_TAIL_BYTES = 2048
+
+
+class OptionInjection(ValueError):
+    """A value from the peer would begin an argument with '-' (read as an option): not run."""
+
+    def __init__(self, placeholder: str, value: str, argument: str) -> None:
+        super().__init__(placeholder, value, argument)
+        self.placeholder = placeholder
+        self.value = value
+        self.argument = argument  # as configured, placeholder still in it
+
+
+def substitute(argv: tuple[str, ...] | list[str], values: dict[str, str]) -> list[str]:
+    """Each placeholder replaced inside its own argument, in one pass (a value is never re-read).
+
+    A placeholder whose value is not given stays as written (DCMTK leaves #f of -xcs alone).
+    Raises OptionInjection when a peer's value would begin an argument with '-' and no '--'
+    comes before that argument: the program would read it as an option (an AE title '-rf').
+    """
+    def one(match: re.Match[str]) -> str:
+        name = PLACEHOLDERS[match.group(0)]
+        value = values.get(name)
+        return match.group(0) if value is None else _argument_safe(value)
+
+    end_of_options = False
+    for arg in argv[1:]:
+        if arg == END_OF_OPTIONS:
+            end_of_options = True
+        elif not end_of_options:
+            _refuse_leading_option(arg, values)
+    return [PLACEHOLDER_PATTERN.sub(one, arg) for arg in argv]
+
+
+def _refuse_leading_option(arg: str, values: dict[str, str]) -> None:
+    """OptionInjection if the value of a peer-controlled placeholder begins ``arg``: the first
+    placeholder, or a later one when all those before it are empty."""
+    pos = 0
+    while (match := PLACEHOLDER_PATTERN.match(arg, pos)) is not None:
+        value = values.get(PLACEHOLDERS[match.group(0)])
+        if value is None:
+            return  # stays as written: begins with '#'
+        value = _argument_safe(value)
+        if value:
+            if value.startswith("-") and match.group(0) in PEER_CONTROLLED:
+                raise OptionInjection(match.group(0), value, arg)
+            return
+        pos = match.end()
+
+
+def _argument_safe(value: str) -> str:
+    return value.replace("\0", "")  # exec cannot pass NUL; nothing else needs care without a shell
+
+
+def environment(values: dict[str, str], event: str, base: dict[str, str] | None = None) -> dict[str, str]:
+    env = {k: v for k, v in (os.environ if base is None else base).items() if k not in _PRIVATE_VARIABLES}
+    for name, variable in ENVIRONMENT.items():
+        env.pop(variable, None)
+        if values.get(name) is not None:
+            env[variable] = _argument_safe(values[name])
+    env[EVENT_VARIABLE] = event
+    return env
+
+
+@dataclass
+class RunningHook:
+    pid: int
+    label: str
+    started: float
+    deadline: float  # monotonic; inf without a timeout
+    output: int  # read end of the stdout/stderr pipe
+    tail: bytearray = field(default_factory=bytearray)
+    killed: bool = False
+
+
+@dataclass
+class HookRequest:
+    label: str  # "--exec-on-reception" or "--exec-on-eostudy"
+    argv: list[str]
+    env: dict[str, str]
+
+
+def spawn(request: HookRequest) -> tuple[int, int]:
+    """Start the hook; returns (pid, read end of its output pipe). Raises OSError."""
+    read_end, write_end = os.pipe2(os.O_CLOEXEC)
+    actions = [
+        (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+        (os.POSIX_SPAWN_DUP2, write_end, 1),
+        (os.POSIX_SPAWN_DUP2, write_end, 2),
+    ]
+    actions.extend((os.POSIX_SPAWN_CLOSE, fd) for fd in _inheritable_fds() if fd > 2)
+    try:
+        pid = os.posix_spawnp(request.argv[0], request.argv, request.env, file_actions=actions,
+                              setpgroup=0, setsigdef=_RESET_SIGNALS, setsigmask=())
+    except BaseException:
+        os.close(read_end)
+        raise
+    finally:
+        os.close(write_end)
+    os.set_blocking(read_end, False)
+    return pid, read_end
+
+
+def _inheritable_fds() -> list[int]:
+    """Descriptors an exec would pass on (ours are close-on-exec; anything else is closed)."""
+    found = []
+    try:
+        names = os.listdir("/proc/self/fd")
+    except OSError:
+        return found
+    for name in names:
+        fd = int(name)
+        try:
+            if os.get_inheritable(fd):
+                found.append(fd)
+        except OSError:
+            pass  # the listing's own descriptor, already closed
+    return found
+
+
+class HookRunner:
+    """Starts hooks and follows them until they exit: output tail, timeout, exit status.
+
+    Asynchronous hooks are reaped by whoever owns the process's children: the supervisor's
+    single reaper calls ``exited``; a process without one calls ``reap``. ``run_sync``
+    waits for its own child (the worker's -xs).
+    """
+
+    def __init__(self, timeout: float = HOOK_TIMEOUT_SECONDS, max_running: int = MAX_RUNNING,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.timeout = timeout
+        self.max_running = max_running
+        self.clock = clock
+        self.running: dict[int, RunningHook] = {}
+        self.queue: deque[HookRequest] = deque()
+        self.finished = 0
+
+    def start(self, request: HookRequest) -> int | None:
+        """Start now, or queue when MAX_RUNNING run already; returns the pid if started."""
+        if len(self.running) >= self.max_running:
+            if not self.queue:
+                LOG.warning("%d hooks are running: further hooks wait their turn", len(self.running))
+            self.queue.append(request)
+            return None
+        return self._start(request)
+
+    def _spawn(self, request: HookRequest) -> RunningHook | None:
+        """Start the hook; None (and the reason logged) when it cannot be executed."""
+        try:
+            pid, output = spawn(request)
+        except OSError as exc:
+            LOG.error("cannot execute %s command %r: %s", request.label, request.argv[0],
+                      exc.strerror or exc)
+            return None
+        now = self.clock()
+        # The timeout in force when the hook starts: a reload changes it for later hooks only.
+        deadline = now + self.timeout if self.timeout else float("inf")
+        return RunningHook(pid, request.label, now, deadline, output)
+
+    def _start(self, request: HookRequest) -> int | None:
+        hook = self._spawn(request)
+        if hook is None:
+            return None
+        pid = hook.pid
+        self.running[pid] = hook
+        LOG.info("executing %s (pid %d): %s", request.label, pid, shlex.join(request.argv))
+        return pid
+
+    def poll(self) -> None:
+        """Read what hooks wrote, kill the overdue ones, start queued ones."""
+        now = self.clock()
+        for hook in list(self.running.values()):
+            _read_available(hook)
+            if not hook.killed and now >= hook.deadline:
+                _kill_overdue(hook, now)
+        while self.queue and len(self.running) < self.max_running:
+            self._start(self.queue.popleft())
+
+    def exited(self, pid: int, code: int) -> bool:
+        """The reaper saw ``pid`` end: True if it was one of our hooks."""
+        hook = self.running.pop(pid, None)
+        if hook is None:
+            return False
+        _read_available(hook)
+        os.close(hook.output)
+        self.finished += 1
+        _log_exit(hook, code, self.clock())
+        self.poll()
+        return True
+
+    def reap(self) -> None:
+        """Reap our own hooks (only where no other reaper runs: single process, inetd)."""
+        for pid in list(self.running):
+            try:
+                done, status = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                done, status = pid, 0
+            if done:
+                self.exited(pid, os.waitstatus_to_exitcode(status))
+
+    def run_sync(self, request: HookRequest) -> int | None:
+        """Run to completion (bounded by the timeout); returns the exit code (None: not started)."""
+        hook = self._spawn(request)
+        if hook is None:
+            return None
+        pid = hook.pid
+        LOG.info("executing %s synchronously (pid %d): %s", request.label, pid, shlex.join(request.argv))
+        try:
+            code = self._wait(hook)
+        finally:
+            os.close(hook.output)
+        _log_exit(hook, code, self.clock())
+        return code
+
+    def _wait(self, hook: RunningHook) -> int:
+        open_output = True
+        while True:
+            done, status = os.waitpid(hook.pid, os.WNOHANG)
+            if done:
+                _read_available(hook)
+                return os.waitstatus_to_exitcode(status)
+            now = self.clock()
+            left = min(hook.deadline - now, 0.2)
+            if left <= 0 and not hook.killed:
+                _kill_overdue(hook, now)
+            if open_output:
+                readable, _, _ = select.select([hook.output], [], [], min(max(left, 0.01), 0.2))
+                if readable and not _read_available(hook):
+                    open_output = False  # EOF: the hook closed its output, wait for its exit
+            else:
+                time.sleep(0.02)
+
+
+def _read_available(hook: RunningHook) -> bool:
+    """Append what can be read now to the tail; False once the pipe is at end of file."""
+    while True:
+        try:
+            chunk = os.read(hook.output, 65536)
+        except BlockingIOError:
+            return True
+        except OSError as exc:
+            if exc.errno == errno.EINTR:
+                continue
+            return False
+        if not chunk:
+            return False
+        hook.tail += chunk
+        del hook.tail[:-OUTPUT_TAIL_BYTES]
+
+
+def _kill_overdue(hook: RunningHook, now: float) -> None:
+    LOG.warning("%s (pid %d) still running after %d s: killing it", hook.label, hook.pid,
+                round(now - hook.started))
+    hook.killed = True
+    _kill_group(hook.pid)
+
+
+def _kill_group(pid: int) -> None:
+    for kill in (os.killpg, os.kill):
+        try:
+            kill(pid, signal.SIGKILL)
+            return
+        except (ProcessLookupError, PermissionError):
+            continue
+
+
+def _log_exit(hook: RunningHook, code: int, now: float) -> None:
+    output = hook.tail.decode("utf-8", "replace").strip()
+    tail = f"; output: {output[-OUTPUT_TAIL_BYTES:]!r}" if output else ""
+    elapsed = now - hook.started
+    if hook.killed:
+        LOG.warning("%s (pid %d) killed after %.1f s (timeout)%s", hook.label, hook.pid, elapsed, tail)
+    elif code != 0:
+        what = f"was killed by signal {-code}" if code < 0 else f"exited with status {code}"
+        LOG.warning("%s (pid %d) %s after %.1f s%s", hook.label, hook.pid, what, elapsed, tail)
+    else:
+        LOG.info("%s (pid %d) finished after %.1f s%s", hook.label, hook.pid, elapsed, tail)
