@@ -17,7 +17,7 @@ import struct
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 from pynetdicom.pdu import A_ASSOCIATE_AC, A_ASSOCIATE_RQ
 from pynetdicom.pdu_primitives import (
@@ -32,8 +32,6 @@ from pynetdicom.presentation import PresentationContext, negotiate_as_acceptor, 
 
 from storescpd import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from storescpd.dicom import acse
-from storescpd.config.settings import Config
-from storescpd.store.handlers import StoreContext, handle_store
 
 LOG = logging.getLogger("storescpd")
 
@@ -68,6 +66,43 @@ _PDV_HEADER = struct.Struct(">LBB")
 _ELEMENT = struct.Struct("<HHL")
 
 
+class Settings(Protocol):
+    """What the engine reads of the configuration (storescpd.config.settings.Config has it all)."""
+
+    max_pdu: int
+    acse_timeout: int
+    socket_timeout: int
+    dimse_timeout: int
+    verbose_pc: bool
+    promiscuous: bool
+    config_file: list[str] | None
+    transfer_syntaxes: str
+
+
+class Receiver(Protocol):
+    """Who the engine hands an association's events and each C-STORE data set to: the store layer's
+    ``StoreContext``. The engine owns the protocol; the receiver owns the staging file."""
+
+    peer: str
+    calling_ae: str
+    called_ae: str
+    abort: Callable[[], None]  # set by ``serve``: aborts the running association
+
+    def emit(self, kind: str, data: dict[str, Any]) -> None: ...
+
+    def begin(self, command: "Command", context: "Context") -> None:
+        """A C-STORE-RQ announced a data set: open where it goes."""
+
+    def fragment(self, data: memoryview) -> None:
+        """The next data set fragment, in order."""
+
+    def end(self, command: "Command", context: "Context") -> int:
+        """The last fragment arrived: store it; the DIMSE status to answer (0x0000 only once durable)."""
+
+    def drop(self) -> None:
+        """The data set will not be completed (release, abort, error): forget it."""
+
+
 class PeerGone(Exception):
     """The connection ended or timed out; the association is over."""
 
@@ -96,14 +131,6 @@ class Context:
     context_id: int
     abstract_syntax: str
     transfer_syntax: str
-
-
-@dataclass
-class StoreEvent:
-    """What handle_store reads of a C-STORE request (the shape of a pynetdicom event)."""
-
-    request: Command
-    context: Context
 
 
 def decode_command(data: bytes | bytearray) -> Command:
@@ -156,10 +183,10 @@ def encode_response(command_field: int, responding_to: int, status: int, sop_cla
     return _element(0x0000, struct.pack("<L", len(body))) + body
 
 
-_contexts_cache: dict[int, tuple[Config, list[PresentationContext]]] = {}
+_contexts_cache: dict[int, tuple[Settings, list[PresentationContext]]] = {}
 
 
-def _presentation_contexts(config: Config, accepted: list[tuple[str, list[str], bool | None, bool | None]]
+def _presentation_contexts(config: Settings, accepted: list[tuple[str, list[str], bool | None, bool | None]]
                            ) -> list[PresentationContext]:
     """pynetdicom's validating PresentationContext objects, built once per configuration."""
     cached = _contexts_cache.get(id(config))
@@ -178,10 +205,10 @@ def _presentation_contexts(config: Config, accepted: list[tuple[str, list[str], 
     return ours
 
 
-_table_cache: dict[int, tuple[Config, dict[str, list[str]]]] = {}
+_table_cache: dict[int, tuple[Settings, dict[str, list[str]]]] = {}
 
 
-def _supported_table(config: Config, accepted: list[tuple[str, list[str], bool | None, bool | None]]
+def _supported_table(config: Settings, accepted: list[tuple[str, list[str], bool | None, bool | None]]
                      ) -> dict[str, list[str]]:
     """{abstract syntax: our transfer syntaxes, most preferred first}, once per configuration."""
     cached = _table_cache.get(id(config))
@@ -193,7 +220,7 @@ def _supported_table(config: Config, accepted: list[tuple[str, list[str], bool |
     return table
 
 
-def prepare(config: Config) -> None:
+def prepare(config: Settings) -> None:
     """Build the per-configuration negotiation tables now, so that forked children inherit them
     instead of each spending milliseconds on it (the supervisor calls this; it speaks no DICOM)."""
     from storescpd.dicom.negotiation import acceptor_contexts
@@ -217,7 +244,7 @@ def _one_result_per_id(results: list[PresentationContext]) -> list[PresentationC
 class Association:
     """One association on a connected socket, served to its end in the calling thread."""
 
-    def __init__(self, sock: socket.socket, config: Config, ctx: StoreContext,
+    def __init__(self, sock: socket.socket, config: Settings, ctx: Receiver,
                  on_requested: Callable[[acse.AssociateRequest], tuple[int, int, int, str, str] | None],
                  acceptor_contexts: list[tuple[str, list[str], bool | None, bool | None]],
                  extended: dict[str, bytes]) -> None:
@@ -476,7 +503,7 @@ class Association:
                             self.dispatch(command, context)
                             command = None
                         elif command.command_field == C_STORE_RQ:
-                            self.ctx.begin_dataset(command, context.transfer_syntax)
+                            self.ctx.begin(command, context)
                             receiving = True
                         else:
                             raise ProtocolError(f"unsupported DIMSE command 0x{command.command_field:04x}")
@@ -486,10 +513,7 @@ class Association:
                     if context_id != context.context_id:
                         raise ProtocolError(f"data set on presentation context {context_id}, its command on "
                                             f"{context.context_id}")
-                    staged = self.ctx.current
-                    if staged is not None and not staged.closed:
-                        staged.write(value)
-                    self.ctx.dataset_fragment(len(value))
+                    self.ctx.fragment(value)
                     if self._aborted_locally:
                         raise PeerGone("aborted locally")
                     if header & 2:
@@ -498,16 +522,14 @@ class Association:
                         command = None
 
     def _drop_partial_object(self) -> None:
-        if self.ctx.current is not None:
-            self.ctx.current.discard()
-            self.ctx.current = None
+        self.ctx.drop()
 
     def dispatch(self, command: Command, context: Context) -> None:
         if command.command_field == C_ECHO_RQ:
             self.send_response(context, encode_response(C_ECHO_RSP, command.message_id, STATUS_SUCCESS,
                                                         command.AffectedSOPClassUID, None))
         elif command.command_field == C_STORE_RQ:
-            status = handle_store(StoreEvent(command, context), self.ctx)
+            status = self.ctx.end(command, context)
             if self._aborted_locally:
                 raise PeerGone("aborted locally")
             self.send_response(context, encode_response(C_STORE_RSP, command.message_id, status,
@@ -553,7 +575,7 @@ class Association:
             self.duration = time.monotonic() - started
 
 
-def serve(sock: socket.socket, config: Config, ctx: StoreContext, emit: Callable[[str, dict[str, Any]], None],
+def serve(sock: socket.socket, config: Settings, ctx: Receiver, emit: Callable[[str, dict[str, Any]], None],
           rejection: Callable[[acse.AssociateRequest], tuple[int, int, int, str, str] | None],
           on_association: Callable[[Any], None] | None) -> dict[str, Any]:
     """Serve one association with the engine; returns its summary (as scp.serve_association does)."""

@@ -41,7 +41,7 @@ def _no_events(kind: str, data: dict[str, Any]) -> None:
 
 @dataclass
 class StoreContext:
-    """Everything the handlers of one association share; also the decode hook's Receiver."""
+    """Everything the handlers of one association share; the engine's ``Receiver``."""
 
     config: Config
     output_dir: Path
@@ -67,7 +67,22 @@ class StoreContext:
     def naming(self) -> Naming:
         return Naming(self.config.filenames, self.config.filename_extension, self.config.timenames)
 
-    # -- called by the engine as a C-STORE-RQ's data set arrives --
+    # -- the engine's Receiver: a C-STORE-RQ's data set, fragment by fragment --
+    def begin(self, command: Any, context: Any) -> None:
+        self.begin_dataset(command, context.transfer_syntax)
+
+    def fragment(self, data: memoryview) -> None:
+        staged = self.current
+        if staged is not None and not staged.closed:
+            staged.write(data)
+        self.dataset_fragment(len(data))
+
+    def end(self, command: Any, context: Any) -> int:
+        return handle_store(StoreRequest(command, context), self)
+
+    def drop(self) -> None:
+        _drop(self)
+
     def begin_dataset(self, command: Any, transfer_syntax: str) -> StagingFile | None:
         self._fragments_in_message = 0
         if self.current is not None:
@@ -114,6 +129,14 @@ class StoreContext:
             return
         if self.config.sleep_during:
             time.sleep(self.config.sleep_during)
+
+
+@dataclass
+class StoreRequest:
+    """What handle_store reads of a C-STORE request (the shape of a pynetdicom event)."""
+
+    request: Any  # the command: AffectedSOPClassUID, AffectedSOPInstanceUID, message_id
+    context: Any  # the presentation context: context_id, abstract_syntax, transfer_syntax
 
 
 def _clean_uid(value: Any) -> str:
