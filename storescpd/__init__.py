@@ -9,7 +9,8 @@ IMPLEMENTATION_VERSION_NAME = "STORESCPD_010"
 # Root for UIDs we generate (unique file names): another UUID-derived UID.
 UID_ROOT = "2.25.58787527686610162955733815920141021928."
 
-# The layers, top to bottom. A module may import its own layer and the layers below it, never one
-# above (tests/unit/test_layers.py walks every import, function-local ones included, and also
-# fails on any import cycle between modules).
-LAYERS = ("cli", "control", "daemon", "store", "config", "dicom")
+# The layers, top to bottom: subpackages, and at the bottom one module (the vocabulary of events
+# and questions). A module may import its own layer and the layers below it, never one above
+# (tests/unit/test_layers.py walks every import, function-local ones included, and also fails on
+# any import cycle between modules).
+LAYERS = ("cli", "control", "daemon", "store", "config", "dicom", "messages")

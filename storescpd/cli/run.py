@@ -19,6 +19,7 @@ from storescpd.config.settings import Config, ConfigError
 from storescpd.daemon.listeners import bind_listener, inherited_sockets
 from storescpd.daemon.scp import serve_association
 from storescpd.daemon.systemd import notify, take_notify_socket, watchdog_interval
+from storescpd.messages import Event
 
 LOG = logging.getLogger("storescpd")
 
@@ -106,9 +107,9 @@ class _SingleProcess:
         self._next_keepalive = 0.0
 
     def event(self, kind: str, data: dict[str, Any]) -> None:
-        if kind == "stored" and data.get("status") == "success":
+        if kind == Event.STORED and data.get("status") == "success":
             self.objects += 1
-        elif kind == "association_ended":
+        elif kind == Event.ASSOCIATION_ENDED:
             self.associations += 1
         self.keepalive()
 

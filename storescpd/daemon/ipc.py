@@ -1,7 +1,8 @@
 """Supervisor <-> worker messages over a SOCK_SEQPACKET socketpair: one JSON object per packet.
 
 Workers send ``{"event": kind, ...}`` (fire and forget) and ``{"ask": kind, "id": n, ...}``
-(answered by ``{"reply": n, "value": ...}``). The supervisor hands a connection to a worker
+(answered by ``{"reply": n, "value": ...}``); the kinds and their payloads are
+``storescpd.messages``. The supervisor hands a connection to a worker
 as ``{"conn": {...}}`` with the socket's file descriptor attached (SCM_RIGHTS).
 """
 

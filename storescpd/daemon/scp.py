@@ -14,6 +14,7 @@ from storescpd.dicom import tls
 from storescpd.config.settings import Config
 from storescpd.store.handlers import EventSink, StoreContext, _no_events
 from storescpd.store.storage import prepare_staging_dir
+from storescpd.messages import Event
 
 LOG = logging.getLogger("storescpd")
 
@@ -57,7 +58,7 @@ def serve_association(sock: socket.socket, config: Config, emit: EventSink = _no
     summary.update(calling_ae=ctx.calling_ae, called_ae=ctx.called_ae, objects=ctx.objects,
                    failures=ctx.failures, bytes=ctx.bytes_received)
     _log_summary(summary)
-    emit("association_ended", summary)
+    emit(Event.ASSOCIATION_ENDED, summary)
     return summary
 
 
@@ -76,7 +77,7 @@ def _access_denied(sock: socket.socket, config: Config, emit: EventSink) -> dict
     sock.close()
     summary = {"peer": text, "outcome": "rejected", "reject_code": "access_denied",
                "reject_reason": "host access control", "objects": 0, "failures": 0, "bytes": 0, "duration": 0.0}
-    emit("association_ended", summary)
+    emit(Event.ASSOCIATION_ENDED, summary)
     return summary
 
 
@@ -89,7 +90,7 @@ def _tls_handshake(sock: socket.socket, config: Config,
         return tls.handshake(sock, config), None
     except tls.HandshakeFailed as failed:
         LOG.warning("TLS handshake with %s failed: %s", peer, failed.cause)
-        emit("tls_handshake_failed", {"reason": failed.reason, "peer": peer})
+        emit(Event.TLS_HANDSHAKE_FAILED, {"reason": failed.reason, "peer": peer})
         sock.close()
         return sock, {"peer": peer, "outcome": "tls_failed", "tls_failure": failed.reason}
 

@@ -27,6 +27,7 @@ from storescpd.config.logs import setup_logging
 from storescpd.store.storage import STAGING_DIR_NAME
 from storescpd.daemon.systemd import notify, reloading, watchdog_interval
 from storescpd.daemon.worker import WORKER_BOOT_ERROR, start_worker
+from storescpd.messages import Ask, Event
 
 LOG = logging.getLogger("storescpd.supervisor")
 
@@ -117,7 +118,7 @@ class Supervisor:
         self.last_reload: dict[str, Any] = {"result": None, "message": "", "time": None}
         self.selector = selectors.DefaultSelector()
         self.event_hooks: list[Callable[[str, dict[str, Any], Child], None]] = []
-        self.ask_handlers: dict[str, Callable[[dict[str, Any], Child], Any]] = {"admit": self._ask_admit}
+        self.ask_handlers: dict[str, Callable[[dict[str, Any], Child], Any]] = {Ask.ADMIT: self._ask_admit}
         self.tick_hooks: list[Callable[[float], None]] = []  # called every turn of the loop with time.time()
         self._assoc_serial = 0
         self._wakeup_r, self._wakeup_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -347,7 +348,7 @@ class Supervisor:
     def _close_silent(self, p: Pending) -> None:
         self.count("connections_timed_out")
         for hook in self.event_hooks:
-            hook("connection_timed_out", {}, None)  # type: ignore[arg-type]
+            hook(Event.CONNECTION_TIMED_OUT, {}, None)  # type: ignore[arg-type]
         self._drop_pending(p)
 
     def _drop_pending(self, p: Pending) -> None:
@@ -479,7 +480,7 @@ class Supervisor:
             if child is not None:
                 self._drain_child(child)  # its last reports (a stored object) count before its exit
             for hook in self.event_hooks:
-                hook("child_exited", {"pid": pid, "code": code}, child)  # type: ignore[arg-type]
+                hook(Event.CHILD_EXITED, {"pid": pid, "code": code}, child)  # type: ignore[arg-type]
             if child is None:
                 continue
             self._child_gone(child, code)
@@ -576,35 +577,35 @@ class Supervisor:
         self.on_event(kind, message, child)
 
     def on_event(self, kind: str, data: dict[str, Any], child: Child) -> None:
-        if kind == "association_requested":
+        if kind == Event.ASSOCIATION_REQUESTED:
             self._assoc_serial += 1
             assoc_id = f"{child.pid}-{self._assoc_serial}"
             child.association = assoc_id
             self.associations[assoc_id] = AssociationInfo(
                 assoc_id, child.pid, data.get("peer", ""), time.time(), data.get("calling_ae", ""),
                 data.get("called_ae", ""))
-        elif kind == "association_accepted":
+        elif kind == Event.ASSOCIATION_ACCEPTED:
             info = self._info(child)
             if info:
                 info.state = "established"
-        elif kind == "stored":
+        elif kind == Event.STORED:
             info = self._info(child)
             if info:
                 info.objects_received += 1
                 info.last_sop_class = data.get("sop_class", "")
             self.count(f"objects_stored.{data.get('status', 'failure')}")
-        elif kind == "progress":
+        elif kind == Event.PROGRESS:
             info = self._info(child)
             if info:
                 info.bytes_received = data.get("bytes", info.bytes_received)
-        elif kind == "association_ended":
+        elif kind == Event.ASSOCIATION_ENDED:
             outcome = data.get("outcome", "aborted")
             self.count(f"associations_total.{outcome}")
             self.count_bytes(data.get("bytes", 0))
             if child.association:
                 self.associations.pop(child.association, None)
             child.association = None
-        elif kind == "idle":
+        elif kind == Event.IDLE:
             child.busy = False
             child.retiring = child.retiring or bool(data.get("retiring"))
             child.served = data.get("served", child.served)
@@ -660,7 +661,7 @@ class Supervisor:
             self.last_reload = {"result": "failure", "message": message, "time": time.time()}
             self.count("config_reloads.failure")
             for hook in self.event_hooks:
-                hook("reload_failed", {"message": message}, None)  # type: ignore[arg-type]
+                hook(Event.RELOAD_FAILED, {"message": message}, None)  # type: ignore[arg-type]
             notify("READY=1", f"STATUS=reload failed: {message.splitlines()[0][:200]}; {self.status_line()}")
             return self.last_reload
         fixed = [s.name for s in SETTINGS
@@ -683,7 +684,7 @@ class Supervisor:
         self.last_reload = {"result": "success", "message": message, "time": time.time()}
         self.count("config_reloads.success")
         for hook in self.event_hooks:
-            hook("reloaded", {}, None)  # type: ignore[arg-type]
+            hook(Event.RELOADED, {}, None)  # type: ignore[arg-type]
         notify("READY=1", f"STATUS={self.status_line()}")
         return self.last_reload
 

@@ -14,6 +14,7 @@ from storescpd.daemon import ipc
 from storescpd.store import studies
 from storescpd.config.settings import Config
 from storescpd.daemon.scp import serve_association
+from storescpd.messages import Ask, Event
 
 LOG = logging.getLogger("storescpd.worker")
 
@@ -110,7 +111,7 @@ class Worker:
         finally:
             self.current = None
             # A worker at its --max-requests says so: a connection handed to it now would be lost.
-            self.channel.emit("idle", {"served": self.served, "retiring": self._retiring()})
+            self.channel.emit(Event.IDLE, {"served": self.served, "retiring": self._retiring()})
 
     def _retiring(self) -> bool:
         return bool(self.max_requests) and self.served >= self.max_requests
@@ -120,7 +121,7 @@ class Worker:
 
     def _admit(self, assoc: Any) -> str | None:
         try:
-            return self.channel.ask("admit", {})
+            return self.channel.ask(Ask.ADMIT, {})
         except (OSError, ConnectionError) as exc:
             return f"supervisor unavailable ({exc})"
 

@@ -32,6 +32,7 @@ from pynetdicom.presentation import PresentationContext, negotiate_as_acceptor, 
 
 from storescpd import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from storescpd.dicom import acse
+from storescpd.messages import Event
 
 LOG = logging.getLogger("storescpd")
 
@@ -550,7 +551,7 @@ class Association:
         started = time.monotonic()
         try:
             if self.establish():
-                self.ctx.emit("association_accepted", {"calling_ae": self.ctx.calling_ae,
+                self.ctx.emit(Event.ASSOCIATION_ACCEPTED, {"calling_ae": self.ctx.calling_ae,
                                                        "called_ae": self.ctx.called_ae, "peer": self.ctx.peer})
                 self.serve()
         except ProtocolError as exc:
@@ -586,7 +587,7 @@ def serve(sock: socket.socket, config: Settings, ctx: Receiver, emit: Callable[[
     def on_requested(primitive: acse.AssociateRequest) -> tuple[int, int, int, str, str] | None:
         ctx.calling_ae = str(primitive.calling_ae_title or "").strip()
         ctx.called_ae = str(primitive.called_ae_title or "").strip()
-        emit("association_requested", {"calling_ae": ctx.calling_ae, "called_ae": ctx.called_ae, "peer": ctx.peer})
+        emit(Event.ASSOCIATION_REQUESTED, {"calling_ae": ctx.calling_ae, "called_ae": ctx.called_ae, "peer": ctx.peer})
         reason = rejection(primitive)
         if reason is not None:
             LOG.warning("rejecting association from %s (%s): %s", ctx.calling_ae, ctx.peer, reason[3])

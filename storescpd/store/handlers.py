@@ -23,6 +23,7 @@ from storescpd.store.storage import (
     publish,
     publish_new,
 )
+from storescpd.messages import Event
 
 LOG = logging.getLogger("storescpd")
 
@@ -120,7 +121,7 @@ class StoreContext:
         now = time.monotonic()
         if now >= self._next_progress:
             self._next_progress = now + PROGRESS_INTERVAL
-            self.emit("progress", {"bytes": self.bytes_received, "objects": self.objects})
+            self.emit(Event.PROGRESS, {"bytes": self.bytes_received, "objects": self.objects})
         if self.config.abort_during and self._fragments_in_message == 1:
             LOG.info("ABORT initiated (due to command line options)")
             if self.current is not None:
@@ -165,7 +166,7 @@ def handle_store(event: Any, ctx: StoreContext) -> int:
         ctx.objects += 1
     else:
         ctx.failures += 1
-    ctx.emit("stored", {
+    ctx.emit(Event.STORED, {
         "status": outcome, "sop_class": sop_class, "path": str(path) if path else None,
         "duration": time.monotonic() - started,
     })

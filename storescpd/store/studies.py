@@ -32,6 +32,7 @@ from storescpd.config.commands import command_warnings, split_command
 from storescpd.store.hooks import HookRequest, HookRunner, OptionInjection, environment, substitute
 from storescpd.dicom.sop_classes import file_prefix
 from storescpd.store.storage import UnsafeName, fsync_dir
+from storescpd.messages import Ask, Event
 
 LOG = logging.getLogger("storescpd.studies")
 
@@ -474,8 +475,8 @@ class SupervisorStudies:
         self.supervisor = supervisor
         self.service = StudyService(supervisor.config, can_block=False)
         self._catching_up = False
-        supervisor.ask_handlers["study_place"] = self.ask_place
-        supervisor.ask_handlers["study_stored"] = self.ask_stored
+        supervisor.ask_handlers[Ask.STUDY_PLACE] = self.ask_place
+        supervisor.ask_handlers[Ask.STUDY_STORED] = self.ask_stored
         supervisor.event_hooks.append(self.on_event)
         supervisor.tick_hooks.append(self.on_tick)
         log_command_warnings(supervisor.config)
@@ -488,14 +489,14 @@ class SupervisorStudies:
         return {"run": self.service.stored(str(child.pid), {**message, "sync": True})}
 
     def on_event(self, kind: str, data: dict[str, Any], child: Any) -> None:
-        if kind == "study_stored":
+        if kind == Event.STUDY_STORED:
             self.service.stored(str(child.pid), data)
-        elif kind == "association_ended" and child is not None:
+        elif kind == Event.ASSOCIATION_ENDED and child is not None:
             self.service.sender_done(str(child.pid))
-        elif kind == "child_exited":
+        elif kind == Event.CHILD_EXITED:
             if not self.service.runner.exited(data["pid"], data["code"]):
                 self.service.sender_done(str(data["pid"]))
-        elif kind == "reloaded":
+        elif kind == Event.RELOADED:
             self.service.reconfigure(self.supervisor.config)
             log_command_warnings(self.supervisor.config)
 
@@ -619,16 +620,16 @@ class RemoteStudies:
 
     def place(self, request: dict[str, Any]) -> dict[str, Any]:
         try:
-            return self.channel.ask("study_place", request)
+            return self.channel.ask(Ask.STUDY_PLACE, request)
         except (OSError, ConnectionError) as exc:
             return {"error": f"no study folder: supervisor unavailable ({exc})"}
 
     def stored(self, report: dict[str, Any], sync: bool) -> list[dict]:
         if not sync:
-            self.channel.emit("study_stored", report)
+            self.channel.emit(Event.STUDY_STORED, report)
             return []
         try:
-            reply = self.channel.ask("study_stored", report)
+            reply = self.channel.ask(Ask.STUDY_STORED, report)
         except (OSError, ConnectionError) as exc:
             LOG.error("cannot report a stored object to the supervisor: %s", exc)
             return []
