@@ -82,6 +82,7 @@ MULTIFRAME_WORD_SC_STORAGE = "1.2.840.10008.5.1.4.1.1.7.3"
 _ADOPT_EXEC = (
     "import os,sys; a, b = int(sys.argv[1]), int(sys.argv[2]); c, d = os.dup(a), os.dup(b); "
     "os.dup2(c, 3); os.dup2(d, 4); [os.close(fd) for fd in {a, b, c, d} - {3, 4}]; "
+    "os.set_inheritable(3, True); os.set_inheritable(4, True); "
     "os.environ['LISTEN_PID'] = str(os.getpid()); os.execv(sys.argv[3], sys.argv[3:])"
 )
 
@@ -915,13 +916,15 @@ class Sender(threading.Thread):
 
         _config.STORE_SEND_CHUNKED_DATASET = True  # sent from the file as it is, never re-encoded
         ae = AE(ae_title="SOAKPYNET")
-        # 30 s: a response lost to pynetdicom's reactor race (see docs/reliability.md) stalls the sender that long
-        ae.acse_timeout, ae.dimse_timeout, ae.network_timeout = 30, 30, 60
+        # a response lost to pynetdicom's reactor race (see docs/reliability.md) stalls the sender this long
+        ae.acse_timeout, ae.dimse_timeout, ae.network_timeout = 30, 20, 60
         for sop_class in sorted({t.sop_class for t, _ in batch}):
             ae.add_requested_context(sop_class, ExplicitVRLittleEndian)
         assoc = ae.associate(HOST, self.port, ae_title=CALLED_AE)
         try:
             for (template, uid), path in zip(batch, files):
+                if self.stop_event.is_set():  # time is up: the rest of the batch is never sent
+                    break
                 self.register(template, uid, self.clock.now())
                 if not assoc.is_established:
                     self.errors["association not established or lost"] += 1
