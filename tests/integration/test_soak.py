@@ -14,7 +14,6 @@ import os
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -123,6 +122,6 @@ def test_a_malformed_burst_costs_nothing_once_it_ends(soak: dict) -> None:
 
 
 def test_malformed_associate_requests_are_never_accepted(soak: dict) -> None:
-    """Issue 18, PS3.8 9.3: an invalid presentation context ID or a sub-item whose length lies
-    never gets an A-ASSOCIATE-AC that accepts a context."""
+    """Issue 18, PS3.8 9.3: a request with no valid presentation context (none, an even ID, ID 0)
+    or a sub-item whose length lies gets an A-ASSOCIATE-RJ or an A-ABORT, never an AC."""
     assert_checks(soak, *FAMILIES["strict_parsing"])
