@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hmac
 import json
 import logging
@@ -50,6 +51,7 @@ CONSOLE_CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src
 DOCS_CSP = ("default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
             "img-src 'self' data:; worker-src 'self' blob:; base-uri 'none'; frame-ancestors 'none'")
 DOCS_PAGES = ("/docs", "/redoc")
+EMPTY_IMAGE = b"data:image/svg+xml,%3Csvg xmlns='http://www.w3.org/2000/svg'/%3E"
 
 
 # ---- the contract (api/openapi.json is generated from these) ----------------------------------
@@ -416,8 +418,21 @@ def create_app(control_path: str, token_file: str | None = None, exposed: bool =
     return app
 
 
+@functools.cache
+def redoc_script() -> bytes:
+    """ReDoc's bundle without its one remote load: the "API docs by Redocly" logo from cdn.redoc.ly
+    becomes an empty image (an air-gapped browser would try that host on every visit)."""
+    script = (DOCS_ASSETS / "redoc.standalone.js").read_bytes()
+    return script.replace(b"https://cdn.redoc.ly/redoc/logo-mini.svg", EMPTY_IMAGE)
+
+
 def _console_and_docs(app: FastAPI) -> None:
     """``/`` (the console), ``/docs`` and ``/redoc``, and their files: public, no data in them."""
+
+    @app.get("/static/docs/redoc.standalone.js", include_in_schema=False)
+    async def redoc_js() -> Response:
+        return Response(redoc_script(), media_type="text/javascript")
+
     app.mount("/static/docs", StaticFiles(directory=DOCS_ASSETS), name="docs-assets")
     app.mount("/static", StaticFiles(directory=STATIC), name="console-assets")
     revalidate = {"Cache-Control": "no-cache"}  # an upgraded daemon serves its new console at once

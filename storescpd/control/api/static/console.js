@@ -43,8 +43,9 @@
   // 24-hour local time; the date only when it is not today.
   function clock(iso) {
     const t = parseTime(iso);
-    if (Number.isNaN(t)) return iso || "–";
-    const d = new Date(t);
+    return Number.isNaN(t) ? (iso || "–") : clockOf(new Date(t));
+  }
+  function clockOf(d) {
     const two = (n) => String(n).padStart(2, "0");
     const time = `${two(d.getHours())}:${two(d.getMinutes())}:${two(d.getSeconds())}`;
     if (d.toDateString() === new Date().toDateString()) return time;
@@ -171,7 +172,9 @@
     reload.textContent = last.result ? `${last.result} ${clock(last.time)}` : "none since start";
     reload.title = last.message || "";
     reload.className = last.result ? `result-${last.result}` : "";
-    $("free").textContent = `${bytes(s.output_free_bytes)} in ${s.output_directory}`;
+    $("free").textContent = bytes(s.output_free_bytes);
+    $("output-directory").textContent = s.output_directory;
+    $("output-directory").title = s.output_directory;
     const objects = s.totals.objects;
     $("stored").textContent = `${count(objects.success)} objects, ${bytes(s.totals.received_bytes)}` +
       (objects.failure ? `, ${count(objects.failure)} refused` : "");
@@ -388,7 +391,7 @@
       $("receipts-section").hidden = !journal;
       $("studies-section").hidden = !journal;
       clearNotice();
-      setConnection(true, `live · updated ${new Date().toLocaleTimeString()}`);
+      setConnection(true, `live · updated ${clockOf(new Date())}`);
     } catch (e) {
       if (e instanceof AuthNeeded) {
         setConnection(false, "waiting for the bearer token");
