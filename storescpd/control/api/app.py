@@ -224,7 +224,7 @@ class ThroughputHistory:
         pairs = zip(list(self.samples), list(self.samples)[1:])
         for (_, mono0, objects0, bytes0), (wall1, mono1, objects1, bytes1) in pairs:
             seconds = mono1 - mono0
-            if wall1 < now - self.window or seconds <= 0:
+            if wall1 <= now - self.window or seconds <= 0:
                 continue
             out.append({"time": round(wall1, 3), "seconds": round(seconds, 3),
                         "objects_per_second": round((objects1 - objects0) / seconds, 3),
