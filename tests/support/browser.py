@@ -57,11 +57,18 @@ def start_chromium() -> Iterator[Any]:
     options.set_capability("goog:loggingPrefs", {"browser": "ALL", "performance": "ALL"})
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
     try:
-        driver.set_window_size(*DESKTOP)
+        set_viewport(driver, DESKTOP)
         yield driver
     finally:
         driver.quit()
         shutil.rmtree(profile, ignore_errors=True)
+
+
+def set_viewport(driver: Any, size: tuple[int, int]) -> None:
+    """Make the page's viewport (not the window, which has a frame even headless) ``size``."""
+    driver.set_window_size(*size)
+    inner = driver.execute_script("return [window.innerWidth, window.innerHeight]")
+    driver.set_window_size(2 * size[0] - inner[0], 2 * size[1] - inner[1])
 
 
 def console_errors(driver: Any) -> list[str]:
