@@ -18,8 +18,8 @@ import httpx
 import pytest
 
 from tests.conftest import DCMTK, PEER_ENV, STORESCPD, TEST_FILES, Daemon, free_port, require_dcmtk
-from tests.support.browser import (DESKTOP, PHONE, console_errors, foreign_requests, requested_urls,
-                                   set_viewport, start_chromium)
+from tests.support.browser import (CHROMIUM_FLAGS, DESKTOP, PHONE, console_errors, foreign_requests,
+                                   require_chromium, requested_urls, set_viewport, start_chromium)
 
 TOKEN = "console-test-token-0123456789abcdef"
 CALLING_AE = "CT_ROOM3"
@@ -234,6 +234,34 @@ def test_docs_and_redoc_render_with_nothing_from_another_host(api: Api, browser:
     assert any(u.endswith("/static/docs/swagger-ui-bundle.js") for u in urls)
     assert any(u.endswith("/static/docs/redoc.standalone.js") for u in urls)
     assert foreign_requests(urls, api.origin) == []
+
+
+NETNS_SCRIPT = """
+set -e
+ip link set lo up
+"$STORESCPD" "$DICOM_PORT" -od "$OUT" --api "127.0.0.1:$API_PORT" 2>"$OUT/daemon.log" &
+for i in $(seq 100); do curl -s -o /dev/null "127.0.0.1:$API_PORT/healthz" && break; sleep 0.1; done
+for page in docs redoc; do
+    chromium $FLAGS --user-data-dir="$PROFILE-$page" --virtual-time-budget=15000 --dump-dom \
+        "http://127.0.0.1:$API_PORT/$page" >"$OUT/$page.html" 2>/dev/null
+done
+"""
+
+
+def test_docs_render_in_a_network_namespace_with_no_network(tmp_path: Path) -> None:
+    """The issue's own words: /docs works with the network namespace offline (only loopback up)."""
+    if os.geteuid() != 0:
+        pytest.skip("a network namespace needs root (CI runs as root)")
+    require_chromium()
+    env = {**os.environ, "STORESCPD": STORESCPD, "DICOM_PORT": "11112", "API_PORT": "8104", "OUT": str(tmp_path),
+           "PROFILE": str(tmp_path / "profile"), "FLAGS": " ".join(f for f in CHROMIUM_FLAGS if "resolver" not in f)}
+    # --pid --fork: when the script ends (or is killed), everything it started in there ends too.
+    done = subprocess.run(["unshare", "--net", "--pid", "--fork", "--kill-child", "bash", "-c", NETNS_SCRIPT],
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    swagger, redoc = (tmp_path / "docs.html").read_text(), (tmp_path / "redoc.html").read_text()
+    assert swagger.count("opblock-summary-path") >= 8, "Swagger UI did not render offline"
+    assert re.search(r"<h1[^>]*>storescpd control API", redoc), "ReDoc did not render offline"
 
 
 # ---- Host validation and ctl -----------------------------------------------------------------

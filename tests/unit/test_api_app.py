@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -203,7 +204,7 @@ def test_throughput_sampler_treats_an_absent_supervisor_as_a_gap() -> None:
     assert [s[2] for s in history.samples] == [1, 2]
 
 
-def test_the_api_process_allows_its_bound_address_and_localhost(tmp_path: Any) -> None:
+def test_the_api_process_allows_its_bound_address_and_localhost(tmp_path: Path) -> None:
     import socket
 
     from storescpd.control.api.__main__ import allowed_hosts
