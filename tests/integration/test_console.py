@@ -172,7 +172,7 @@ def test_console_follows_a_slow_transfer(api: Api, browser: Any, tmp_path: Path)
             peer.wait()
     distinct = sorted(set(received))
     assert shot and len(distinct) >= 3, f"the byte count did not grow in the page: {received}"
-    assert received == sorted(received) and distinct[0] > 0
+    assert received == sorted(received) and distinct[-1] > 0  # it may show 0 B before the first PDU
 
     until(lambda: not association_rows(browser), 3, "the ended association stayed in the console")
     until(lambda: chart_shows_traffic(browser), 12, "the throughput chart did not show the transfer")
