@@ -14,7 +14,7 @@ from pynetdicom.pdu_primitives import (
 )
 from pynetdicom.presentation import PresentationContext, negotiate_as_acceptor
 
-from storescpd.dicom import acse
+from storescpd.dicom import acceptance, acse
 from storescpd.dicom.negotiation import contexts
 
 CT, MR, PRIVATE = "1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.5.1.4.1.1.4", "1.2.3.4.5.6"
@@ -60,7 +60,7 @@ def test_negotiation_equals_pynetdicoms(preference: str) -> None:
     table = dict(contexts(preference))
     request = acse.parse_request(encoded_request()[6:])
     ours = [(r.context_id, r.result, r.transfer_syntax if r.result == 0 else None)
-            for r in acse.negotiate(request, table)]
+            for r in acceptance.negotiate(request, table)]
     rq = A_ASSOCIATE_RQ()
     rq.decode(encoded_request())
     supported = []
@@ -74,7 +74,7 @@ def test_negotiation_equals_pynetdicoms(preference: str) -> None:
 
 def test_accept_decodes_with_pynetdicom() -> None:
     request = acse.parse_request(encoded_request()[6:])
-    results = acse.negotiate(request, dict(contexts("uncompressed")))
+    results = acceptance.negotiate(request, dict(contexts("uncompressed")))
     data = acse.encode_accept(request, results, 16384, "2.25.1", "STORESCPD_010")
     ac = A_ASSOCIATE_AC()
     ac.decode(data)
