@@ -92,19 +92,26 @@ def _name(item_type: int) -> str:
     return ITEM_NAMES.get(item_type, f"item of type 0x{item_type:02x}")
 
 
-def _items(body: memoryview, offset: int, parent: str) -> list[tuple[int, memoryview]]:
-    """The items that fill ``body`` from ``offset`` to its end exactly, else MalformedRequest."""
+def _items(body: memoryview, offset: int, parent: str, number: int | None = None) -> list[tuple[int, memoryview]]:
+    """The items that fill ``body`` from ``offset`` to its end exactly, else MalformedRequest (naming
+    the ``parent`` item, and its ``number`` if it has one)."""
     items = []
     end = len(body)
     while offset < end:
         if offset + 4 > end:
-            raise MalformedRequest(f"{end - offset} bytes left at the end of the {parent}, too few for an item")
+            raise MalformedRequest(f"{end - offset} bytes left at the end of the {_numbered(parent, number)}, too "
+                                   "few for an item")
         item_type, length = _ITEM.unpack_from(body, offset)
         if offset + 4 + length > end:
-            raise MalformedRequest(f"{_name(item_type)} of {length} bytes runs past the end of the {parent}")
+            raise MalformedRequest(f"{_name(item_type)} of {length} bytes runs past the end of the "
+                                   f"{_numbered(parent, number)}")
         items.append((item_type, body[offset + 4:offset + 4 + length]))
         offset += 4 + length
     return items
+
+
+def _numbered(parent: str, number: int | None) -> str:
+    return parent if number is None else f"{parent} {number}"
 
 
 def _text(raw: memoryview) -> str:
@@ -113,8 +120,12 @@ def _text(raw: memoryview) -> str:
 
 def _uid(raw: memoryview, what: str) -> str:
     if len(raw) > MAX_UID:
-        raise MalformedRequest(f"{what} has {len(raw)} bytes; a UID has at most {MAX_UID}")
+        raise _too_long(what, len(raw))
     return _text(raw)
+
+
+def _too_long(what: str, length: int) -> MalformedRequest:
+    return MalformedRequest(f"{what} has {length} bytes; a UID has at most {MAX_UID}")
 
 
 def parse_request(body: bytes | memoryview) -> AssociateRequest:
@@ -140,12 +151,17 @@ def _presentation_context(value: memoryview) -> ProposedContext:
         raise MalformedRequest(f"presentation context item of {len(value)} bytes, shorter than its 4 fixed bytes")
     context = ProposedContext(value[0])
     abstract_syntaxes = 0
-    for sub_type, sub in _items(value, 4, f"presentation context item {context.context_id}"):
-        if sub_type == ABSTRACT_SYNTAX:
-            abstract_syntaxes += 1
-            context.abstract_syntax = _uid(sub, f"abstract syntax of presentation context {context.context_id}")
-        elif sub_type == TRANSFER_SYNTAX:
-            context.transfer_syntaxes.append(_uid(sub, f"transfer syntax of presentation context {context.context_id}"))
+    # This runs for every proposed context (storescu proposes ~120): messages are formatted only on error.
+    for sub_type, sub in _items(value, 4, "presentation context item", context.context_id):
+        if sub_type == ABSTRACT_SYNTAX or sub_type == TRANSFER_SYNTAX:
+            if len(sub) > MAX_UID:
+                kind = "abstract" if sub_type == ABSTRACT_SYNTAX else "transfer"
+                raise _too_long(f"{kind} syntax of presentation context {context.context_id}", len(sub))
+            if sub_type == ABSTRACT_SYNTAX:
+                abstract_syntaxes += 1
+                context.abstract_syntax = _text(sub)
+            else:
+                context.transfer_syntaxes.append(_text(sub))
     if abstract_syntaxes > 1:
         raise MalformedRequest(f"presentation context {context.context_id} has {abstract_syntaxes} abstract syntax "
                                "sub-items (PS3.8 9.3.2.2: one)")
