@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import select
 import selectors
 import signal
 import socket
@@ -92,6 +93,14 @@ class AssociationInfo:
             "worker_pid": self.worker_pid, "state": self.state, "objects_received": self.objects_received,
             "bytes_received": self.bytes_received, "last_sop_class": self.last_sop_class,
         }
+
+
+def _peer_closed(sock: socket.socket) -> bool:
+    """Whether the peer has shut its side down (end of file) or the connection failed; data may
+    still be queued, so a peeking read cannot tell."""
+    poller = select.poll()
+    poller.register(sock, select.POLLRDHUP)
+    return any(events & (select.POLLRDHUP | select.POLLHUP | select.POLLERR) for _fd, events in poller.poll(0))
 
 
 class Supervisor:
@@ -333,6 +342,12 @@ class Supervisor:
             return True  # a request too large to accept: the worker aborts it now
         needed = 6 if len(head) < 6 else min(6 + announced, REQUEST_PEEK)
         complete = len(head) >= needed
+        if not complete and _peer_closed(p.sock):
+            # Part of a request, then end of file: the rest can never come, and the socket would
+            # stay readable (and the loop spin on it) until the ACSE timeout.
+            LOG.info("closing a connection that ended inside its association request (%d bytes)", len(head))
+            self._drop_pending(p)
+            return False
         try:
             p.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, 1 if complete else needed)
         except OSError:
