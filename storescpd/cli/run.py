@@ -55,7 +55,7 @@ def run(config: Config, argv: Sequence[str]) -> int:
     if config.process_mode == "single":
         studies.use_local(config)  # study state and hooks in this process, as in DCMTK
         return run_single(config, listeners)
-    # Imported here: --inetd starts a process per connection and needs neither.
+    # Imported only here: the single-process and --inetd modes (a process per connection) never load them.
     from storescpd.control.plane import ControlPlane
     from storescpd.daemon.supervisor import Supervisor
 

@@ -14,7 +14,7 @@ import socket
 import threading
 from typing import Any, Mapping
 
-from storescpd.messages import Ask, Event
+from storescpd.messages import Ask
 
 MAX_PACKET = 65536
 
@@ -58,7 +58,8 @@ class WorkerChannel:
         self._lock = threading.Lock()
         self._next_id = 0
 
-    def emit(self, kind: Event, data: Mapping[str, Any]) -> None:
+    def emit(self, kind: str, data: Mapping[str, Any]) -> None:
+        """Report an ``Event`` (typed ``str`` as the engine's ``emit`` callback is)."""
         try:
             with self._lock:
                 send(self.sock, {"event": kind, **data})
