@@ -20,7 +20,7 @@ from tests.support.dicomfiles import make_object
 from tests.support.paths import DCMTK, STORESCPD, TEST_FILES
 from tests.support.pdus import associate_rq
 from tests.support.peers import PEER_ENV, echoscu, require_dcmtk, start_storescu, storescu
-from tests.support.processes import children_of, free_port, stop_process, wait_listening
+from tests.support.processes import children_of, free_port, stop_process, wait_listening, wait_until
 
 
 def setup_module() -> None:
@@ -180,8 +180,7 @@ def test_half_sent_requests_are_closed_at_once(daemon_factory, mode: tuple[str, 
     same turn of the loop (no spinning on a socket that stays readable at end of file)."""
     d = daemon_factory(*mode)  # ACSE timeout 30 s: only the end of file can close them in time
     baseline_fds, cpu_before = _open_fds(d.pid), _cpu_seconds(d.pid)
-    # The A-ASSOCIATE-RQ header announces 200 bytes; 20 of them are sent.
-    half = bytes([0x01, 0x00]) + (200).to_bytes(4, "big") + b"\x00\x01\x00\x00" + b"STORESCP".ljust(16)[:10]
+    half = associate_rq()[:20]  # the header announces the whole request; 14 bytes of it follow
     peers = []
     try:
         for _ in range(100):
@@ -191,10 +190,8 @@ def test_half_sent_requests_are_closed_at_once(daemon_factory, mode: tuple[str, 
     finally:
         for peer in peers:
             peer.close()
-    deadline = time.monotonic() + 1.0
-    while _open_fds(d.pid) > baseline_fds and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert _open_fds(d.pid) <= baseline_fds, f"descriptors {baseline_fds} -> {_open_fds(d.pid)} after 1 s"
+    wait_until(lambda: _open_fds(d.pid) <= baseline_fds, 1.0,
+               f"the supervisor's descriptors back to {baseline_fds} after 100 half-sent requests", interval=0.02)
     time.sleep(1.0)  # a supervisor spinning on end of file would burn this second
     spent = _cpu_seconds(d.pid) - cpu_before
     assert spent < 0.5, f"the supervisor spent {spent:.2f} s of CPU on 100 half-sent requests"
