@@ -6,7 +6,7 @@ OUT ?= ./incoming
 SOAK_SECONDS ?= 1800
 SOAK_ARGS ?=
 
-.PHONY: setup run test test-fast soak deb clean
+.PHONY: setup run test test-fast soak screenshots deb clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,11 @@ test-fast: setup
 # niced so that it yields to other work on the machine. Results in bench/out/soak-<time>/.
 soak: setup
 	nice -n 10 $(VENV)/bin/python bench/soak.py --duration $(SOAK_SECONDS) $(SOAK_ARGS)
+
+# Refresh docs/images/console*.png from the browser test (CI never writes into the tree).
+screenshots: setup
+	STORESCPD_SCREENSHOTS=docs/images $(VENV)/bin/python -m pytest -q -p no:cacheprovider \
+		tests/integration/test_console.py -k slow_transfer
 
 deb:
 	packaging/build-deb

@@ -17,7 +17,9 @@ import sys
 
 import pytest
 
-from tests.conftest import ROOT, require_dcmtk
+from tests.support.ci import skip_or_fail
+from tests.support.paths import ROOT
+from tests.support.peers import require_dcmtk
 
 SOAK = ROOT / "bench" / "soak.py"
 CI_SECONDS = 180
@@ -25,17 +27,10 @@ CI_SECONDS = 180
 pytestmark = [pytest.mark.soak, pytest.mark.timeout(420)]
 
 
-def unavailable(reason: str) -> None:
-    """On a developer's machine the soak is skipped; under CI (.ci/run sets CI) it fails."""
-    if os.environ.get("CI"):
-        pytest.fail(f"the soak cannot run here: {reason}", pytrace=False)
-    pytest.skip(reason)
-
-
 @pytest.fixture(scope="module")
 def soak(tmp_path_factory: pytest.TempPathFactory) -> dict:
     if os.geteuid() != 0:
-        unavailable("the soak mounts a tmpfs as the output directory: run as root (CI does)")
+        skip_or_fail("the soak mounts a tmpfs as the output directory: it needs root")
     require_dcmtk()
     out = tmp_path_factory.mktemp("soak")
     log = out / "soak.out"
