@@ -305,7 +305,10 @@ class Soak:
         stop_s = time.monotonic() - stop_started
         left = [pid for pid, started in tree if (proc_stat(pid) or [b""] * 20)[19] == started]
         for pid in left:  # a process of ours that outlived its supervisor: a finding, and stopped
-            os.kill(pid, signal.SIGKILL)
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         consumer.stop()
         consumer.paused.set()
         consumer.scan()

@@ -1,5 +1,6 @@
 """The soak's verdict rests on its verifier (bench/soakload.py, bench/soakwatch.py): it must see a
-changed byte, a cut file, pixels under the wrong UID, a lost response and a growing process."""
+changed byte, a cut file, pixels under the wrong UID, a lost response and a growing process; and its
+malformed requests (bench/soakfaults.py) must be malformed."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ import pydicom
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+import dul  # noqa: E402
+import soakfaults  # noqa: E402
 import soakload  # noqa: E402
 import soakwatch  # noqa: E402
 
@@ -82,3 +85,15 @@ def test_slope_and_growth_see_a_leak_and_only_a_leak() -> None:
     assert trend["samples"] == 100 - 21
     assert trend["rss_mib_per_min"] == pytest.approx(100_000 * 60 / (1 << 20), rel=1e-3)
     assert trend["rss_mib_growth"] > 5 and trend["fds_per_min"] == 0
+
+
+def test_the_overrun_case_always_overruns() -> None:
+    """An overrun of exactly the User Information item's length frames a valid-looking request
+    (see docs/reliability.md): the malformed case must never draw it."""
+    offset = 6 + 68 + 4 + len(dul.APPLICATION_CONTEXT)  # the presentation context item's header
+    base = soakfaults.associate_rq()
+    assert base[offset] == 0x20
+    claimed = {int.from_bytes(soakfaults._pc_overrun(random.Random(seed))[offset + 2:offset + 4], "big")
+               - int.from_bytes(base[offset + 2:offset + 4], "big") for seed in range(2000)}
+    assert claimed <= set(range(1, 201)) and len(claimed) > 150
+    assert len(soakfaults._user_item()) not in claimed
