@@ -14,6 +14,7 @@ import time
 from typing import Any, Sequence
 
 from storescpd.store import studies
+from storescpd.store.study_service import SupervisorStudies
 from storescpd.dicom import tls
 from storescpd.config.settings import Config, ConfigError
 from storescpd.daemon.listeners import bind_listener, inherited_sockets
@@ -57,7 +58,7 @@ def run(config: Config, argv: Sequence[str]) -> int:
     from storescpd.daemon.supervisor import Supervisor
 
     supervisor = Supervisor(config, argv, listeners)
-    studies.SupervisorStudies(supervisor)  # study state spans workers and associations
+    SupervisorStudies(supervisor)  # study state spans workers and associations
     try:
         ControlPlane(supervisor, api_sockets[0] if api_sockets else None).attach()
     except ConfigError as exc:
