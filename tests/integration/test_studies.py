@@ -265,7 +265,7 @@ def test_peer_values_reach_hooks_as_single_arguments_and_run_nothing(mode: str, 
                                                                      tmp_path: Path) -> None:
     files = make_objects(tmp_path / "objects")
     script, calls = recorder(tmp_path, "hook")
-    # '--' first: a title such as '-rf' may begin an argument (without it the hook would not run).
+    # '--' first: the titles are arguments after the program's options (as docs/hooks.md advises).
     daemon = daemon_factory(mode, "-su", "", "-xcr", f"{script} -- #a #c #p #f", "-xcs", f"{script} end #a #p")
     dataset = pydicom.dcmread(files["A1"])
     for title in EVIL_AE_TITLES:
