@@ -189,7 +189,6 @@ class HookRunner:
         self.clock = clock
         self.running: dict[int, RunningHook] = {}
         self.queue: deque[HookRequest] = deque()
-        self.finished = 0
 
     def start(self, request: HookRequest) -> int | None:
         """Start now, or queue when MAX_RUNNING run already; returns the pid if started."""
@@ -238,7 +237,6 @@ class HookRunner:
             return False
         _read_available(hook)
         os.close(hook.output)
-        self.finished += 1
         _log_exit(hook, code, self.clock())
         self.poll()
         return True

@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypedDict
+from typing import Literal, TypedDict
 
 from storescpd.config.settings import Config
 from storescpd.store.storage import UnsafeName
@@ -64,10 +64,6 @@ class Study:
     senders: set[str] = field(default_factory=set)
     superseded: bool = False
     values: dict[str, str] = field(default_factory=dict)  # #a #c #r of its last object
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"study_uid": self.uid, "folder": self.folder, "files": len(self.files),
-                "senders": sorted(self.senders), "superseded": self.superseded}
 
 
 @dataclass
@@ -184,6 +180,3 @@ class StudyTracker:
             return []
         return [{"action": "end-of-study", "directory": study.directory, "files": files,
                  "values": {**study.values, "path": study.path}}]
-
-    def snapshot(self) -> list[dict[str, Any]]:
-        return [s.as_dict() for s in self.open.values()]

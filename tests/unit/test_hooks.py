@@ -182,7 +182,7 @@ def test_async_hooks_are_queued_reaped_and_logged(tmp_path: Path) -> None:
         runner.reap()
         runner.poll()
         time.sleep(0.02)
-    assert runner.finished == 5
+    assert not runner.running and not runner.queue
     assert sorted(json.loads(line)["argv"][0] for line in calls.read_text().splitlines()) == \
         [f"AE{n}" for n in range(5)]
 

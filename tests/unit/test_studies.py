@@ -194,7 +194,7 @@ def test_sequential_associations_follow_dcmtk() -> None:
     # #a of an end-of-study hook: the association that sent the study's last object.
     assert [e["calling_ae"] for e in ends] == ["S2", "S3"]
     assert [r["path"] for r in feed.hooks(RECEPTION)] == [f"/out/{f}" for f in (a, a, a, b, b, c)]
-    assert [s["folder"] for s in feed.tracker.snapshot()] == [c]  # the last study stays open
+    assert [s.folder for s in feed.tracker.open.values()] == [c]  # the last study stays open
 
 
 def test_an_ended_study_is_one_action_after_the_reception_hook_that_ended_it() -> None:
@@ -447,9 +447,8 @@ def test_a_study_never_spans_two_output_directories(tmp_path: Path) -> None:
     store(service, "1.2.3", "CT.3", new)
     assert [r.argv for r in started] == [["/bin/echo", f"{old}/1.2.3"]]  # ended in the old directory
     assert [r.prelude for r in started] == [None]  # no -rns: the hook alone
-    assert [s["folder"] for s in service.tracker.snapshot()] == ["1.2.3"]
     (study,) = service.tracker.open.values()
-    assert study.directory == str(tmp_path / "new" / "1.2.3")
+    assert study.folder == "1.2.3" and study.directory == str(tmp_path / "new" / "1.2.3")
 
 
 def test_with_exec_sync_the_worker_gets_the_rename_and_the_hooks_back(tmp_path: Path) -> None:
