@@ -87,7 +87,7 @@ class RunningHook:
     started: float
     deadline: float  # monotonic; inf without a timeout
     output: int  # read end of the stdout/stderr pipe
-    quiet: bool = False  # a prelude without a hook: only a failure is worth an info line
+    quiet: bool = False  # a prelude without a hook: its success is only worth a debug line
     tail: bytearray = field(default_factory=bytearray)
     killed: bool = False
 
