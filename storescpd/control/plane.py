@@ -298,6 +298,8 @@ def status(sup: "Supervisor", metrics: Metrics) -> dict[str, Any]:
         "config_file": sup.config.source_file,
         "config_loaded": iso(sup.config_loaded),
         "output_directory": str(sup.config.output_directory),
+        "output_free_bytes": output_free_bytes(sup.config.output_directory),
+        "generation": sup.generation,
         "last_reload": reload_result(sup.last_reload),
     }
 
@@ -370,6 +372,8 @@ class ApiProcess:
                 "--control", str(self.control_path), "--describe", self.description, "--log-level", level]
         if self.token_file:
             args += ["--api-token-file", self.token_file]
+        for name in self.supervisor.config.api_allowed_hosts or ():
+            args += ["--allowed-host", name]
         return args
 
     def _exec(self, channel: socket.socket) -> None:
