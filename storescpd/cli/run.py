@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import select
@@ -16,6 +17,7 @@ from typing import Any, Sequence
 from storescpd.store import studies
 from storescpd.store.study_service import SupervisorStudies
 from storescpd.dicom import tls
+from storescpd.config.cmdline import load_config
 from storescpd.config.settings import Config, ConfigError
 from storescpd.daemon.listeners import bind_listener, inherited_sockets
 from storescpd.daemon.scp import serve_association
@@ -54,10 +56,11 @@ def run(config: Config, argv: Sequence[str]) -> int:
     if config.process_mode == "single":
         studies.use_local(config)  # study state and hooks in this process, as in DCMTK
         return run_single(config, listeners)
+    # Imported only here: the single-process and --inetd modes (a process per connection) never load them.
     from storescpd.control.plane import ControlPlane
     from storescpd.daemon.supervisor import Supervisor
 
-    supervisor = Supervisor(config, argv, listeners)
+    supervisor = Supervisor(config, listeners, reload_config=functools.partial(reload_config, argv))
     SupervisorStudies(supervisor)  # study state spans workers and associations
     try:
         ControlPlane(supervisor, api_sockets[0] if api_sockets else None).attach()
@@ -65,6 +68,16 @@ def run(config: Config, argv: Sequence[str]) -> int:
         LOG.critical("%s", exc)
         return 1
     return supervisor.run()
+
+
+def reload_config(argv: Sequence[str]) -> Config:
+    """The configuration a reload applies: the same command line (and so the same file) read
+    again, through the same validation."""
+    config, control = load_config(argv)
+    if control.get("_help") or control.get("_version") or control.get("_list_ciphers"):
+        raise ConfigError("the command line (or a command file in it) now asks for help, the version or "
+                          "the cipher list instead of a configuration; remove that option to reload")
+    return config
 
 
 def run_inetd(config: Config) -> int:

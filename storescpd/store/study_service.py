@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Mapping, Protocol
 
 from storescpd.config.commands import command_warnings
 from storescpd.config.settings import Config
@@ -44,7 +44,7 @@ class StudyService:
         self.tracker.settings = TrackerSettings.from_config(config)
         self.runner.timeout = config.hook_timeout
 
-    def place(self, sender: str, request: dict[str, Any]) -> dict[str, Any]:
+    def place(self, sender: str, request: Mapping[str, Any]) -> dict[str, Any]:
         """Answer a "study_place" ({study_uid, patient, wall, output_directory, root}): {"folder"} or {"error"}."""
         try:
             folder, ended = self.tracker.place(sender, str(request.get("study_uid") or ""),
@@ -58,7 +58,7 @@ class StudyService:
             self.deferred.setdefault(sender, []).extend(ended)
         return {"folder": folder}
 
-    def stored(self, sender: str, report: dict[str, Any], hand_back: bool = False) -> list[Action]:
+    def stored(self, sender: str, report: Mapping[str, Any], hand_back: bool = False) -> list[Action]:
         """A "study_stored" report; with ``hand_back`` (-xs) returns the actions for the sender to carry out."""
         actions = self.tracker.stored(sender, report.get("study_uid"), str(report.get("folder") or ""),
                                       str(report.get("file") or ""), str(report.get("prefix") or ""),
@@ -92,7 +92,7 @@ class _SupervisorLike(Protocol):
     ask_handlers: dict[str, Callable[..., Any]]
     event_hooks: list[Callable[..., None]]
     tick_hooks: list[Callable[[float], None]]
-    children: dict[int, Any]
+    children: Mapping[int, Any]  # pid -> a child with its ``channel`` (None once closed)
 
     def read_child(self, child: Any) -> None: ...
 
@@ -112,14 +112,14 @@ class SupervisorStudies:
         supervisor.tick_hooks.append(self.on_tick)
         log_command_warnings(supervisor.config)
 
-    def ask_place(self, message: dict[str, Any], child: Any) -> dict[str, Any]:
+    def ask_place(self, message: Mapping[str, Any], child: Any) -> dict[str, Any]:
         self._catch_up(child)
         return self.service.place(str(child.pid), message)
 
-    def ask_stored(self, message: dict[str, Any], child: Any) -> dict[str, Any]:
+    def ask_stored(self, message: Mapping[str, Any], child: Any) -> dict[str, Any]:
         return {"run": self.service.stored(str(child.pid), message, hand_back=True)}
 
-    def on_event(self, kind: str, data: dict[str, Any], child: Any) -> None:
+    def on_event(self, kind: str, data: Mapping[str, Any], child: Any) -> None:
         if kind == Event.STUDY_STORED:
             self.service.stored(str(child.pid), data)
         elif kind == Event.ASSOCIATION_ENDED and child is not None:

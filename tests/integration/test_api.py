@@ -114,6 +114,8 @@ def test_objects_stored_rises_by_exactly_n_and_metrics_parse(daemon_factory) -> 
     status = api.get("/status").json()
     assert status["totals"]["objects"]["success"] == 5 and status["process_mode"] == "prefork"
     assert len(status["workers"]) == 2 and sum(w["associations_served"] for w in status["workers"]) == 3
+    # systemd's STATUS line reads the same count (the supervisor keeps none of its own)
+    d.notify.wait_for("STATUS=0 associations, 2 workers, 5 objects stored", timeout=12)
 
 
 def test_rejections_counted_by_fixed_reason(daemon_factory) -> None:

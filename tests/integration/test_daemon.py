@@ -166,6 +166,40 @@ def test_idle_connection_closed_after_acse_timeout(daemon_factory) -> None:
         s.close()
 
 
+def _cpu_seconds(pid: int) -> float:
+    """utime + stime of one process (its children not included), from /proc/<pid>/stat."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _open_fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+@pytest.mark.parametrize("mode", [("--workers", "2"), ("--fork",)], ids=["prefork", "fork"])
+def test_half_sent_requests_are_closed_at_once(daemon_factory, mode: tuple[str, ...]) -> None:
+    """A peer that sends part of its A-ASSOCIATE-RQ and closes: the pending connection ends in the
+    same turn of the loop (no spinning on a socket that stays readable at end of file)."""
+    d = daemon_factory(*mode)  # ACSE timeout 30 s: only the end of file can close them in time
+    baseline_fds, cpu_before = _open_fds(d.pid), _cpu_seconds(d.pid)
+    half = associate_rq()[:20]  # the header announces the whole request; 14 bytes of it follow
+    peers = []
+    try:
+        for _ in range(100):
+            peer = socket.create_connection(("127.0.0.1", d.port), timeout=5)
+            peer.sendall(half)
+            peers.append(peer)
+    finally:
+        for peer in peers:
+            peer.close()
+    wait_until(lambda: _open_fds(d.pid) <= baseline_fds, 1.0,
+               f"the supervisor's descriptors back to {baseline_fds} after 100 half-sent requests", interval=0.02)
+    time.sleep(1.0)  # a supervisor spinning on end of file would burn this second
+    spent = _cpu_seconds(d.pid) - cpu_before
+    assert spent < 0.5, f"the supervisor spent {spent:.2f} s of CPU on 100 half-sent requests"
+    assert echoscu(d.port).returncode == 0
+
+
 def test_sigkill_worker_mid_transfer(daemon_factory, tmp_path: Path) -> None:
     big = make_object(tmp_path / "big.dcm", 200)
     small = TEST_FILES / "CT_small.dcm"
