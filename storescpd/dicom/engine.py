@@ -381,8 +381,13 @@ class Association:
                          or self.config.promiscuous or self.config.config_file)
         if needs_library:
             rq = A_ASSOCIATE_RQ()
-            rq.decode(bytes([PDU_ASSOCIATE_RQ, 0]) + struct.pack(">L", len(body)) + bytes(body))
-            self._accept(rq.to_primitive())
+            try:
+                rq.decode(bytes([PDU_ASSOCIATE_RQ, 0]) + struct.pack(">L", len(body)) + bytes(body))
+                primitive = rq.to_primitive()
+            except (ValueError, struct.error, IndexError) as exc:  # pynetdicom validates what it reads
+                raise ProtocolError(f"A-ASSOCIATE-RQ that pynetdicom cannot read: {exc}",
+                                    REASON_INVALID_PARAMETER) from None
+            self._accept(primitive)
         else:
             self._accept_directly(request)
         self.established = True
