@@ -51,3 +51,41 @@ def test_a_non_ascii_uid_read_by_pynetdicom_is_no_internal_error(tmp_path: Path)
     """pynetdicom decodes UIDs as ASCII: UnicodeDecodeError on any byte above 0x7F."""
     stream = _rq(pdus.context(1, pdus.CT, pdus.EXPLICIT_LE, b"1.2.\xff"), user=ROLE_SELECTION)
     assert _answers(tmp_path, stream) in ([0x02, 0x06], [0x03], [0x07])
+
+
+def test_reencoding_never_allocates_a_length_the_data_set_does_not_have(tmp_path: Path) -> None:
+    """A first element whose VR bytes are not letters ("U\\0" for "UL") makes pydicom read implicit VR:
+    VR and length together become a length of 1.4 GB, and a file's read(length) allocated all of it."""
+    from storescpd.store.convert import read_staged
+    from tests.support.fuzzing import bounded, dataset_seeds
+
+    seed = next(s for s in dataset_seeds() if s.name == "ExplVR_BigEnd.dcm")
+    assert seed.data[4:6] == b"UL"
+    staged = tmp_path / "staged"
+    staged.write_bytes(seed.data[:5] + b"\0" + seed.data[6:])
+    with bounded(10.0, 16 << 20):
+        try:
+            read_staged(staged, 0, seed.transfer_syntax)
+        except Exception:  # pydicom may refuse it: the handler answers 0xC000
+            pass
+
+
+def test_a_data_set_pydicom_would_read_in_the_other_vr_encoding_is_not_stored(tmp_path: Path) -> None:
+    """With re-encoding (+ti), the same input: the walk read it as sent (explicit VR, complete, its UIDs
+    matching), pydicom guessed implicit VR and re-encoded an empty data set, answered 0x0000."""
+    from types import SimpleNamespace
+
+    from storescpd.config import settings as cfg
+    from storescpd.store.handlers import StoreContext, handle_store
+    from storescpd.store.storage import prepare_staging_dir
+    from tests.support.fuzzing import dataset_seeds, published_files
+
+    seed = next(s for s in dataset_seeds() if s.name == "ExplVR_BigEnd.dcm")
+    values = {**cfg.defaults(), "output_directory": str(tmp_path), "fsync": False, "write_transfer_syntax": "implicit"}
+    ctx = StoreContext(config=cfg.Config(values), output_dir=tmp_path, staging_dir=prepare_staging_dir(tmp_path))
+    command = SimpleNamespace(AffectedSOPClassUID=seed.sop_class_uid, AffectedSOPInstanceUID=seed.sop_instance_uid)
+    assert ctx.begin_dataset(command, seed.transfer_syntax) is not None
+    ctx.fragment(memoryview(seed.data[:5] + b"\0" + seed.data[6:]))
+    event = SimpleNamespace(request=command, context=SimpleNamespace(transfer_syntax=seed.transfer_syntax))
+    assert handle_store(event, ctx) == 0xC000
+    assert published_files(tmp_path) == []
