@@ -116,7 +116,7 @@ def captured_rq_bodies() -> st.SearchStrategy[bytes]:
     return st.sampled_from(bodies).flatmap(lambda body: mutated(body, max_mutations=3))
 
 
-@settings(max_examples=examples(1500))
+@settings(max_examples=examples(800))
 @given(body=st.one_of(associate_rq_bodies(), captured_rq_bodies(), st.binary(max_size=300)))
 def test_parse_request_raises_only_malformed_request(body: bytes) -> None:
     with bounded(1.0, 2 << 20):

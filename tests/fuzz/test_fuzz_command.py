@@ -50,7 +50,7 @@ def element_lists(draw: st.DrawFn) -> bytes:
     return b"".join(elements)
 
 
-@settings(max_examples=examples(2000))
+@settings(max_examples=examples(800))
 @given(data=st.one_of(element_lists(), st.sampled_from(CAPTURED).flatmap(mutated), st.binary(max_size=200)))
 def test_decode_command_raises_only_protocol_errors(data: bytes) -> None:
     with bounded(1.0, 1 << 20):
