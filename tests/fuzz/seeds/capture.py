@@ -14,11 +14,10 @@ import socket
 import subprocess
 import tempfile
 import threading
-import time
 from pathlib import Path
 
 from tests.support.paths import DCMTK, TEST_FILES
-from tests.support.processes import free_port
+from tests.support.processes import free_port, wait_listening
 
 SEEDS = Path(__file__).resolve().parent
 
@@ -87,13 +86,7 @@ def capture(name: str, program: str, args: list[str], files: list[str], workdir:
     scp = subprocess.Popen([str(DCMTK / "storescp"), "-pdu", "4096", "-od", str(workdir), str(scp_port)],
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", scp_port), timeout=1).close()
-                break
-            except OSError:
-                time.sleep(0.05)
+        wait_listening(scp_port)
         listener = socket.create_server(("127.0.0.1", 0))
         recorded = bytearray()
         relay = threading.Thread(target=_relay, args=(listener, scp_port, recorded), daemon=True)
