@@ -54,7 +54,7 @@ def test_the_seeds_are_whole_data_sets(workdir: Path) -> None:
         assert (ids.sop_class_uid, ids.sop_instance_uid) == (seed.sop_class_uid, seed.sop_instance_uid), seed.name
 
 
-@settings(max_examples=examples(400))
+@settings(max_examples=examples(1500))
 @given(choice=st.sampled_from(SEEDS), where=st.floats(0, 1, exclude_max=True),
        head=st.one_of(st.none(), st.integers(0, 1 << 13)))
 def test_a_truncated_data_set_is_never_complete(workdir: Path, choice: tuple, where: float, head: int | None) -> None:
