@@ -164,8 +164,12 @@ def read_staged(source: Path, offset: int, received: str, convert_un: bool = Fal
             # the header walk and the negotiated transfer syntax read it as sent: a guess would write
             # another data set (an explicit VR "U\0" element read as implicit VR swallows the rest).
             warnings.filterwarnings("error", message="Expected (explicit|implicit) VR, but found")
-            ds = read_dataset(stream, implicit, little)
-            _resolve(ds)
+            try:
+                ds = read_dataset(stream, implicit, little)
+                _resolve(ds)
+            except UserWarning as exc:
+                raise ValueError(f"the data set is not encoded in the VR encoding of {received} "
+                                 f"(pydicom: {str(exc).split(' - ')[0]})") from None
     ds.set_original_encoding(implicit, little, ds._character_set)
     return ds
 
