@@ -10,7 +10,6 @@ in its staging folder; time and memory per object are bounded.
 
 from __future__ import annotations
 
-import logging
 import shutil
 from pathlib import Path
 from types import SimpleNamespace
@@ -26,6 +25,7 @@ from storescpd.store.storage import inspect_dataset, prepare_staging_dir
 from tests.support.fuzzing import (
     DEFLATED_LE,
     STAGING_DIR_NAME,
+    Tracebacks,
     bounded,
     dataset_seeds,
     examples,
@@ -41,16 +41,6 @@ OPTIONS = [
     {"group_length": "remove"}, {"new_vr": False}, {"convert_un": True}, {"padding": [16, 8]},
     {"write_transfer_syntax": "implicit", "length_encoding": "undefined", "group_length": "create"},
 ]
-
-
-class _Tracebacks(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.found: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if record.exc_info:
-            self.found.append(record.getMessage())
 
 
 @pytest.fixture(scope="module")
@@ -74,17 +64,12 @@ def test_reencoding_any_received_data_set(root: Path, seed, data: st.DataObject,
     command = SimpleNamespace(AffectedSOPClassUID=seed.sop_class_uid, AffectedSOPInstanceUID=seed.sop_instance_uid,
                               message_id=1)
     event = SimpleNamespace(request=command, context=SimpleNamespace(transfer_syntax=seed.transfer_syntax))
-    tracebacks = _Tracebacks()
-    logging.getLogger("storescpd").addHandler(tracebacks)
-    try:
-        with bounded(10.0, 64 << 20):
-            staged = ctx.begin_dataset(command, seed.transfer_syntax)
-            assert staged is not None
-            for i in range(0, len(body), 4096):
-                ctx.fragment(memoryview(body[i:i + 4096]))
-            status = handle_store(event, ctx)
-    finally:
-        logging.getLogger("storescpd").removeHandler(tracebacks)
+    with Tracebacks() as tracebacks, bounded(10.0, 64 << 20):
+        staged = ctx.begin_dataset(command, seed.transfer_syntax)
+        assert staged is not None
+        for i in range(0, len(body), 4096):
+            ctx.fragment(memoryview(body[i:i + 4096]))
+        status = handle_store(event, ctx)
     assert not tracebacks.found, tracebacks.found
     assert status in STATUSES
     assert list((output / STAGING_DIR_NAME).iterdir()) == []

@@ -8,6 +8,7 @@ asks for ``examples(n)``: n in the ci profile, ``LONG_FACTOR`` times n in the lo
 
 from __future__ import annotations
 
+import logging
 import os
 import struct
 import time
@@ -261,29 +262,30 @@ class Served:
     staging_left: list[Path]  # what is still in the staging folder after the association
 
 
-class _Tracebacks:
-    """A logging handler that keeps the records carrying an exception."""
+class Tracebacks(logging.Handler):
+    """Keeps the log records of storescpd's loggers that carry an exception: a bug of ours that the
+    engine or a handler caught (``with Tracebacks() as caught: ...; assert not caught.found``)."""
 
     def __init__(self) -> None:
-        import logging
-
+        super().__init__(logging.DEBUG)
         self.found: list[str] = []
-        self.handler = logging.Handler(logging.DEBUG)
-        self.handler.emit = self._emit  # type: ignore[method-assign]
 
-    def _emit(self, record: object) -> None:
-        import logging
-
-        assert isinstance(record, logging.LogRecord)
+    def emit(self, record: logging.LogRecord) -> None:
         if record.exc_info:
             self.found.append(f"{record.getMessage()}: {logging.Formatter().formatException(record.exc_info)}")
+
+    def __enter__(self) -> "Tracebacks":
+        logging.getLogger("storescpd").addHandler(self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        logging.getLogger("storescpd").removeHandler(self)
 
 
 def serve_association(root: Path, stream: bytes, **settings_values: object) -> Served:
     """``stream`` sent by a peer (then its write side shut) to the engine serving one association
     over a socketpair, with a StoreContext writing under ``root``/out; the output of ``root`` is
     emptied first so that each example starts alike."""
-    import logging
     import shutil
     import socket
     import threading
@@ -318,14 +320,11 @@ def serve_association(root: Path, stream: bytes, **settings_values: object) -> S
             pass
 
     sender = threading.Thread(target=peer, daemon=True)
-    tracebacks = _Tracebacks()
-    logger = logging.getLogger("storescpd")
-    logger.addHandler(tracebacks.handler)
     sender.start()
     try:
-        summary = engine.serve(ours, config, ctx, lambda kind, data: None, lambda request: None, None)
+        with Tracebacks() as tracebacks:
+            summary = engine.serve(ours, config, ctx, lambda kind, data: None, lambda request: None, None)
     finally:
-        logger.removeHandler(tracebacks.handler)
         ours.close()
         sender.join(10)
         theirs.close()
