@@ -649,6 +649,14 @@ SETTINGS: tuple[Setting, ...] = (
         reloadable=False,
     ),
     Setting(
+        "api_allowed_hosts", [], "names the API also answers to (the Host a browser or proxy sends) besides its "
+        "own address and localhost; any other Host gets 400",
+        G_DAEMON,
+        flags=(_value(None, "--api-allowed-host", "[n]ame: string",
+                      "the API also answers requests for host name n\n(repeatable)"),),
+        type=list, reloadable=False,
+    ),
+    Setting(
         "run_directory", None, "directory for the control socket; unset: a private temporary one", G_DAEMON,
         flags=(_value(None, "--run-directory", "[d]irectory: string", "where the control socket lives"),),
         reloadable=False,

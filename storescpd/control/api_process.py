@@ -94,6 +94,8 @@ class ApiProcess:
                 "--control", str(self.control_path), "--describe", self.description, "--log-level", level]
         if self.token_file:
             args += ["--api-token-file", self.token_file]
+        for name in self.supervisor.config.api_allowed_hosts or ():
+            args += ["--allowed-host", name]
         return args
 
     def _exec(self, channel: socket.socket) -> None:

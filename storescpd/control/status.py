@@ -55,6 +55,8 @@ def status(sup: "Supervisor", metrics: Metrics) -> dict[str, Any]:
         "config_file": sup.config.source_file,
         "config_loaded": iso(sup.config_loaded),
         "output_directory": str(sup.config.output_directory),
+        "output_free_bytes": output_free_bytes(sup.config.output_directory),
+        "generation": sup.generation,
         "last_reload": reload_result(sup.last_reload),
     }
 

@@ -14,6 +14,7 @@ import pytest
 
 from tests.support.pdus import CT, associate_rq, context, item, p_data, pdu, read_pdu, store_command
 from tests.support.peers import require_dcmtk
+from tests.support.processes import wait_until
 
 UNSUPPORTED = b"1.2.3.999"
 A_ASSOCIATE_AC, A_ASSOCIATE_RJ, A_RELEASE_RP, A_ABORT = 0x02, 0x03, 0x06, 0x07
@@ -211,13 +212,15 @@ def test_release_in_the_middle_of_a_data_set_names_the_dropped_object(daemon_fac
     for port in (reference.port, d.port):
         with associated(port) as sock:
             sock.sendall(p_data(1, 0x03, store_command(b"1.2.3.4.50")) + p_data(1, 0x00, data_set(b"1.2.3.4.50")))
-            time.sleep(0.3)  # the first fragment is taken in (a staging file opened) before the release
+            # the first fragment is taken in (a staging file opened) before the release
+            if port == d.port:
+                d.wait_for_transfer()
+            else:
+                time.sleep(0.3)  # DCMTK shows nothing while it reads a data set: give it the time
             sock.sendall(pdu(0x05, bytes(4)))
             assert answer(sock)[0] == A_RELEASE_RP  # DCMTK: "Store SCP Failed: DUL Peer Requested Release"
     log = d.wait_for_log("1.2.3.4.50")
     assert "in the middle of the data set of the C-STORE-RQ of 1.2.3.4.50" in log, log
     assert reference.stored_files() == [] and d.stored_files() == []
-    deadline = time.monotonic() + 5
-    while list((d.output / ".storescpd-staging").glob("*")) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert list((d.output / ".storescpd-staging").glob("*")) == []
+    wait_until(lambda: not list(d.staging.glob("*")), 5,
+               lambda: f"an empty staging directory: {list(d.staging.glob('*'))}")
