@@ -198,7 +198,7 @@ def test_seed_options_are_accepted(pki: Pki, tmp_path: Path) -> None:
 ])
 def test_which_connections_are_tls(pki: Pki, monkeypatch: pytest.MonkeyPatch, role: str, tls_port: int | None,
                                    listeners: list[str], applies: bool) -> None:
-    monkeypatch.setattr(tls, "_separate_tls_listener", False)  # restored after the test
+    monkeypatch.setattr(tls.context, "_separate_tls_listener", False)  # restored after the test
     tls.note_listeners(listeners)
     cfg = config.Config(tls_values(pki, tls_port=tls_port))
     assert tls.applies(cfg, role) is applies
