@@ -36,7 +36,7 @@ from tests.support.daemons import Daemon
 from tests.support.dicomfiles import small_objects
 from tests.support.paths import ROOT
 from tests.support.peers import DcmtkStorescp, require_dcmtk, storescu
-from tests.support.pdus import item, pdu, read_pdu
+from tests.support.pdus import associate_rq, closed_without_an_answer, context, item, pdu, read_pdu
 from tests.support.pki import Pki
 from tests.support.processes import children_of, free_port, stop_process, wait_until
 
@@ -332,11 +332,7 @@ def test_a_header_from_elsewhere_and_none_from_the_balancer_are_refused(cluster:
         s.settimeout(10)
         s.connect((INSTANCES["a"], cluster.dicom))
         s.sendall(data + rq)
-        try:
-            answer = s.recv(1)
-        except ConnectionResetError:
-            answer = b""
-        assert answer == b""  # closed: no A-ASSOCIATE-AC, -RJ or A-ABORT, nothing for a worker
+        assert closed_without_an_answer(s)  # no A-ASSOCIATE-AC, -RJ or A-ABORT: nothing for a worker
         line = f"refusing the connection from {source}:{s.getsockname()[1]}: "
     assert words in d.wait_for_log(line).split(line, 1)[1].splitlines()[0]
     assert sample(api.metrics(), "storescpd_proxy_refused_total", reason=reason) == before + 1
@@ -356,6 +352,27 @@ def test_each_instance_has_its_own_run_directory_and_control_socket(cluster: Clu
         intruder.stop(signal.SIGKILL)
     assert (cluster.workdir / "run-a" / "control.sock").is_socket()  # instance a's is untouched
     assert cluster.api("a").get("/readyz").status_code == 200
+
+
+@pytest.mark.parametrize("mode", ["--fork", "--single-process"])
+def test_every_process_mode_reads_the_header(mode: str, daemon_factory) -> None:
+    """--fork hands the address to its child; --single-process (no pending stage) reads the header itself."""
+    d = daemon_factory(mode, "-v", "--proxy-protocol-from", f"{BALANCER}/32")
+    verification = context(1, b"1.2.840.10008.1.1", b"1.2.840.10008.1.2")
+    with socket.create_connection(("127.0.0.1", d.port), timeout=10) as s:
+        s.sendall(b"PROXY TCP4 192.0.2.7 127.0.0.1 4000 104\r\n" + associate_rq(verification))
+        assert read_pdu(s)[0] == 0x02
+        s.sendall(pdu(0x05, bytes(4)))
+        assert read_pdu(s)[0] == 0x06
+    d.wait_for_log("association from ABUSER (192.0.2.7:4000) to STORESCP: released")
+    with socket.socket() as s:
+        s.bind((CLIENT, 0))
+        s.settimeout(10)
+        s.connect(("127.0.0.1", d.port))
+        s.sendall(b"PROXY TCP4 192.0.2.8 127.0.0.1 4000 104\r\n" + associate_rq(verification))
+        assert closed_without_an_answer(s)
+    d.wait_for_log(f"refusing the connection from {CLIENT}:")
+    assert "192.0.2.8" not in d.log()
 
 
 # ---- names claimed across instances ---------------------------------------------------------------

@@ -19,7 +19,7 @@ from storescpd.config import cmdline as cli
 from storescpd.daemon import proxy
 from storescpd.daemon.pending import PendingConnections
 from storescpd.daemon.proxy import Balancers, Header, Refusal, Wait, examine
-from tests.support.pdus import associate_rq
+from tests.support.pdus import associate_rq, closed_without_an_answer
 
 SIG = proxy.V2_SIGNATURE
 
@@ -221,15 +221,6 @@ class Stage:
         self.selector.close()
 
 
-def closed_by_peer(client: socket.socket) -> bool:
-    """Whether the other side closed (a reset too: it closed with our bytes unread)."""
-    client.settimeout(5)
-    try:
-        return client.recv(1) == b""
-    except ConnectionResetError:
-        return True
-
-
 @pytest.fixture
 def stage() -> Iterator[Stage]:
     s = Stage(["127.0.0.1/32"])
@@ -262,7 +253,7 @@ def test_a_health_check_is_the_balancers_own_and_one_that_only_connects_is_close
     probe.shutdown(socket.SHUT_WR)
     stage.turn(0.2)
     assert len(stage.stage.ready) == 1 and not stage.stage.waiting  # nothing for a worker to do
-    assert closed_by_peer(probe)
+    assert closed_without_an_answer(probe)
 
 
 @pytest.mark.parametrize("source, data, reason", [
@@ -277,7 +268,7 @@ def test_refused_connections_are_closed_and_counted(stage: Stage, caplog: pytest
     client.sendall(data)
     stage.turn(0.2)
     assert stage.refused == [reason] and not stage.stage.ready and not stage.stage.waiting
-    assert closed_by_peer(client)
+    assert closed_without_an_answer(client)
     assert f"refusing the connection from {source}:" in caplog.text
 
 
