@@ -227,6 +227,8 @@ def logged_peers(d: Daemon, calling_ae: str) -> list[str]:
 
 # ---- the checks, byte for byte --------------------------------------------------------------------
 def test_the_documented_dicom_check_is_a_verification_request_dcmtk_accepts(tmp_path: Path) -> None:
+    checked = subprocess.run([HAPROXY, "-c", "-f", str(ROOT / "etc" / "haproxy.cfg")], capture_output=True, text=True)
+    assert checked.returncode == 0, checked.stdout + checked.stderr  # valid as shipped
     config = (ROOT / "etc" / "haproxy.cfg").read_text()
     assert f"```\n{config}```" in (ROOT / "docs" / "scale-out.md").read_text(), \
         "docs/scale-out.md shows etc/haproxy.cfg as it is: copy it there again"
