@@ -6,7 +6,7 @@ OUT ?= ./incoming
 SOAK_SECONDS ?= 1800
 SOAK_ARGS ?=
 
-.PHONY: setup run test test-fast soak screenshots deb clean
+.PHONY: setup run test test-fast soak screenshots fuzz deb clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,11 @@ soak: setup
 screenshots: setup
 	STORESCPD_SCREENSHOTS=docs/images $(VENV)/bin/python -m pytest -q -p no:cacheprovider \
 		tests/integration/test_console.py -k slow_transfer
+
+# The fuzz tests with the long Hypothesis profile (50 times the examples `make test` runs, random,
+# failures kept in .hypothesis/ and tried first next time): about an hour on two cores.
+fuzz: setup
+	STORESCPD_FUZZ_PROFILE=long $(VENV)/bin/python -m pytest -q -p no:cacheprovider --timeout=0 tests/fuzz
 
 deb:
 	packaging/build-deb

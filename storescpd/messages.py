@@ -26,6 +26,7 @@ class Event(StrEnum):
     IDLE = "idle"  # the worker finished a connection and can take the next one
     # raised by the supervisor itself
     CONNECTION_TIMED_OUT = "connection_timed_out"  # a pending connection sent nothing in time
+    PROXY_REFUSED = "proxy_refused"  # a pending connection refused for its PROXY protocol header (or its lack)
     CHILD_EXITED = "child_exited"
     RELOADED = "reloaded"
     RELOAD_FAILED = "reload_failed"
@@ -84,6 +85,10 @@ class Idle(TypedDict):
 class ChildExited(TypedDict):
     pid: int
     code: int
+
+
+class ProxyRefused(TypedDict):
+    reason: str  # spoofed (a header from elsewhere), missing (none from a balancer), invalid
 
 
 class ReloadFailed(TypedDict):

@@ -15,6 +15,7 @@ import time
 from typing import Any, Sequence
 
 from storescpd.store import studies
+from storescpd.store.study_service import SupervisorStudies
 from storescpd.dicom import tls
 from storescpd.config.cmdline import load_config
 from storescpd.config.settings import Config, ConfigError
@@ -60,7 +61,7 @@ def run(config: Config, argv: Sequence[str]) -> int:
     from storescpd.daemon.supervisor import Supervisor
 
     supervisor = Supervisor(config, listeners, reload_config=functools.partial(reload_config, argv))
-    studies.SupervisorStudies(supervisor)  # study state spans workers and associations
+    SupervisorStudies(supervisor)  # study state spans workers and associations
     try:
         ControlPlane(supervisor, api_sockets[0] if api_sockets else None).attach()
     except ConfigError as exc:

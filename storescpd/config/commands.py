@@ -139,9 +139,9 @@ def command_warnings(command: str | None, option: str) -> list[str]:
             seen_end_of_options = True
         elif not seen_end_of_options and arg.startswith(PEER_CONTROLLED):
             warnings.append(
-                f"{option}: the argument {arg!r} begins with a value the peer chooses; when that value "
-                f"begins with '-' (an AE title such as '-rf') the hook is not run for that event, so "
-                f"{argv[0]} never reads it as an option; write '--' before it ({argv[0]} -- {arg}) if "
-                f"{argv[0]} accepts '--' and such values should reach it")
+                f"{option}: the argument {arg!r} begins with a value the peer chooses; a value beginning "
+                f"with '-' (an AE title such as '-rf') reaches {argv[0]} as that one argument, as with "
+                f"DCMTK, and {argv[0]} may read it as an option; write '--' before it ({argv[0]} -- {arg}) "
+                f"if {argv[0]} accepts '--'")
             break
     return warnings

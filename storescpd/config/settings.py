@@ -7,6 +7,7 @@ The storescp-compatible command line (cli.py), the TOML file, ``--print-config``
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -127,6 +128,23 @@ def _check_aetitle(value: str) -> str | None:
 
 def _check_command(value: str) -> str | None:
     return command_problem(value)
+
+
+def _check_networks(value: list[Any]) -> str | None:
+    """proxy_protocol_from: CIDR networks or single addresses, none that lists every address."""
+    for entry in value:
+        try:
+            network = ipaddress.ip_network(entry if isinstance(entry, str) else "?")
+        except ValueError as exc:
+            if isinstance(entry, str) and "has host bits set" in str(exc):
+                return (f"entry {entry!r} has host bits set: write the network "
+                        f"({ipaddress.ip_network(entry, strict=False)}) or one address ({entry.split('/')[0]})")
+            return (f"entry {entry!r} is not an IP address or CIDR network: list the load balancers, "
+                    "e.g. [\"10.0.0.5\", \"10.1.0.0/24\"]")
+        if network.prefixlen == 0:
+            return (f"entry {entry!r} lists every address: anyone could then claim any address in a PROXY "
+                    "header; list the load balancers' addresses")
+    return None
 
 
 NETWORK_PREF_FLAGS = tuple(
@@ -655,6 +673,26 @@ SETTINGS: tuple[Setting, ...] = (
         flags=(_value(None, "--api-allowed-host", "[n]ame: string",
                       "the API also answers requests for host name n\n(repeatable)"),),
         type=list, reloadable=False,
+    ),
+    Setting(
+        "proxy_protocol_from", [],
+        "load balancers (addresses or CIDR networks) whose connections begin with a PROXY protocol header "
+        "(HAProxy send-proxy or send-proxy-v2) naming the client; a connection from one of them without "
+        "a header, or from anywhere else with one, is refused",
+        G_DAEMON,
+        flags=(_value(None, "--proxy-protocol-from", "[n]etwork: string",
+                      "connections from network n (CIDR or address) begin\nwith a PROXY protocol header "
+                      "(repeatable)"),),
+        type=list, check=_check_networks,
+    ),
+    Setting(
+        "drain_delay", 0,
+        "seconds a graceful stop (SIGTERM) keeps accepting while /readyz answers 503, so that a load "
+        "balancer's health check sends new connections elsewhere before the listeners close (0: close at once)",
+        G_DAEMON,
+        flags=(_value(None, "--drain-delay", "[s]econds: integer",
+                      "after SIGTERM, keep accepting s seconds while /readyz\nanswers 503 (default: 0)"),),
+        type=int, minimum=0,
     ),
     Setting(
         "run_directory", None, "directory for the control socket; unset: a private temporary one", G_DAEMON,

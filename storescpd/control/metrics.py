@@ -18,8 +18,9 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from storescpd.daemon.children import WORKER_KINDS, Child, is_restart
+from storescpd.daemon.proxy import REFUSALS as PROXY_REFUSALS
 from storescpd.dicom.tls import REASONS as TLS_FAILURE_REASONS
-from storescpd.messages import AssociationEnded, ChildExited, Event, Progress, Stored, TlsHandshakeFailed
+from storescpd.messages import AssociationEnded, ChildExited, Event, Progress, ProxyRefused, Stored, TlsHandshakeFailed
 
 if TYPE_CHECKING:
     from storescpd.daemon.supervisor import Supervisor
@@ -73,6 +74,10 @@ class Metrics:
         self.timed_out = Counter("storescpd_connections_timed_out",
                                  "Connections closed because no association request came within the ACSE timeout",
                                  registry=r)
+        self.proxy_refused = Counter("storescpd_proxy_refused",
+                                     "Connections refused for their PROXY protocol header: spoofed (from an address "
+                                     "not in proxy_protocol_from), missing (a balancer sent none), invalid",
+                                     ["reason"], registry=r)
         self.api_restarts = Counter("storescpd_api_restarts", "Control API processes restarted after exiting",
                                     registry=r)
         for outcome in OUTCOMES:
@@ -85,6 +90,8 @@ class Metrics:
             self.reloads.labels(result)
         for reason in TLS_FAILURE_REASONS:
             self.tls_failures.labels(reason)
+        for reason in PROXY_REFUSALS:
+            self.proxy_refused.labels(reason)
         self.last_reload_ok = True
         # Bytes already counted per worker pid for its running association (progress is cumulative).
         self._bytes_seen: dict[int, int] = {}
@@ -141,6 +148,9 @@ class Metrics:
     def _on_tls_handshake_failed(self, data: Mapping[str, Any], child: Child | None) -> None:
         reason = cast(TlsHandshakeFailed, data).get("reason")
         self.tls_failures.labels(_one_of(reason, TLS_FAILURE_REASONS, "other")).inc()
+
+    def _on_proxy_refused(self, data: Mapping[str, Any], child: Child | None) -> None:
+        self.proxy_refused.labels(_one_of(cast(ProxyRefused, data).get("reason"), PROXY_REFUSALS, "invalid")).inc()
 
     def _on_connection_timed_out(self, data: Mapping[str, Any], child: Child | None) -> None:
         self.timed_out.inc()

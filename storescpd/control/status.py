@@ -64,12 +64,14 @@ def status(sup: "Supervisor", metrics: Metrics) -> dict[str, Any]:
 def readiness(sup: "Supervisor") -> dict[str, Any]:
     """Whether the daemon can take associations now, and each check that says so."""
     out = sup.config.output_directory
-    if sup.mode == "prefork":
-        workers_up = any(c.kind == "worker" for c in sup.children.values())
+    if sup.mode == "prefork":  # the current generation's: after a reload the old one only finishes
+        workers_up = any(c.kind == "worker" and c.generation == sup.generation and not c.retiring
+                         for c in sup.children.values())
     else:
         workers_up = not sup.boot_failed
     checks = {
         "listening": bool(sup.listeners) and not sup.stopping,
+        "accepting": not sup.stopping and sup.draining_until is None,  # false while a stop drains (drain_delay)
         "workers": workers_up,
         "output_writable": bool(sup.config.ignore) or os.access(out, os.W_OK | os.X_OK),
     }

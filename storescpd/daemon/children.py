@@ -22,7 +22,7 @@ from typing import Any, Callable, Iterator, Mapping
 
 from storescpd.daemon import ipc
 from storescpd.daemon.worker import WORKER_BOOT_ERROR
-from storescpd.store.storage import STAGING_DIR_NAME
+from storescpd.store.storage import STAGING_DIR_NAME, own_staging_pid
 
 LOG = logging.getLogger("storescpd.supervisor")
 
@@ -178,6 +178,8 @@ def remove_staging_leftovers(child: Child) -> None:
     have changed -od since)."""
     staging = Path(child.output_directory) / STAGING_DIR_NAME
     for leftover in staging.glob(f"{child.pid}-*.part"):
+        if own_staging_pid(leftover.name) != child.pid:
+            continue  # the same pid on another host that shares the output tree
         try:
             leftover.unlink()
             LOG.info("removed %s left by worker %d", leftover.name, child.pid)

@@ -8,7 +8,7 @@ import socket
 from pathlib import Path
 from typing import Any
 
-from storescpd.daemon import access
+from storescpd.daemon import access, proxy
 from storescpd.dicom import engine
 from storescpd.dicom import tls
 from storescpd.config.settings import Config
@@ -25,27 +25,34 @@ REJECT_LOCAL_LIMIT = (0x02, 0x03, 0x02)  # rejected-transient, service-provider 
 
 
 def serve_association(sock: socket.socket, config: Config, emit: EventSink = _no_events,
-                      admit: Any = None, role: str = "dicom", on_association: Any = None) -> dict[str, Any]:
+                      admit: Any = None, role: str = "dicom", on_association: Any = None,
+                      peer: proxy.Address | None = None) -> dict[str, Any]:
     """Serve one DICOM association on ``sock`` until it ends; returns its summary.
 
     ``admit`` (optional) is called before negotiation and returns None to accept or a reason
     string to reject with local-limit-exceeded. ``role`` names the listener the connection
     came from ("dicom" or "dicom-tls"). ``on_association`` (optional) receives the running
-    engine.Association (whose ``abort()`` works from another thread).
+    engine.Association (whose ``abort()`` works from another thread). ``peer`` is the client's
+    address as the supervisor's pending stage found it (a balancer's PROXY header read); None
+    (single-process and --inetd modes) reads such a header here.
     """
     _tune(sock)
+    if peer is None:
+        peer, refused = _proxy_header(sock, config)
+        if refused is not None:
+            return refused
     if config.access_control:
-        denied = _access_denied(sock, config, emit)
+        denied = _access_denied(sock, peer, config, emit)
         if denied is not None:
             return denied
     if tls.applies(config, role):
-        sock, failed = _tls_handshake(sock, config, emit)
+        sock, failed = _tls_handshake(sock, peer, config, emit)
         if failed is not None:
             return failed
     output_dir = Path(config.output_directory).resolve()
     staging_dir = prepare_staging_dir(output_dir) if not config.ignore else output_dir
-    peer = _peer_text(sock)
-    ctx = StoreContext(config=config, output_dir=output_dir, staging_dir=staging_dir, peer=peer, emit=emit)
+    ctx = StoreContext(config=config, output_dir=output_dir, staging_dir=staging_dir, peer=proxy.peer_text(peer),
+                       emit=emit)
     try:
         summary = engine.serve(sock, config, ctx, emit,
                                lambda primitive: _rejection(config, primitive, admit), on_association)
@@ -62,30 +69,48 @@ def serve_association(sock: socket.socket, config: Config, emit: EventSink = _no
     return summary
 
 
-def _access_denied(sock: socket.socket, config: Config, emit: EventSink) -> dict[str, Any] | None:
+def _proxy_header(sock: socket.socket, config: Config) -> tuple[proxy.Address, dict[str, Any] | None]:
+    """The pending stage's PROXY protocol check, where there is none: (the peer, None), or (the peer,
+    summary) when the connection is refused (and closed)."""
+    peer = _remote_tuple(sock)
+    if sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return peer, None
+    verdict = proxy.read_header(sock, proxy.Balancers(config.proxy_protocol_from or ()).listed(peer[0]),
+                                config.acse_timeout)
+    if isinstance(verdict, proxy.Refusal):
+        level = logging.WARNING if verdict.reason in proxy.REFUSALS else logging.INFO  # not: silent, or gone
+        LOG.log(level, "refusing the connection from %s: %s", proxy.peer_text(peer), verdict.cause)
+        sock.close()
+        return peer, {"peer": proxy.peer_text(peer), "outcome": "rejected", "reject_code": "proxy_" + verdict.reason,
+                      "reject_reason": verdict.cause, "objects": 0, "failures": 0, "bytes": 0, "duration": 0.0}
+    if verdict is None or verdict.source is None:
+        return peer, None
+    return verdict.source, None
+
+
+def _access_denied(sock: socket.socket, peer: proxy.Address, config: Config, emit: EventSink) -> dict[str, Any] | None:
     """+ac: the TCP-wrapper rules decide before a byte of DICOM is read; denied peers are dropped."""
-    host, _port = _remote_tuple(sock)
+    host = peer[0]
     try:
-        peer = access.client(host, lookup=not config.disable_host_lookup)
-        if access.allowed(peer, Path(config.hosts_allow), Path(config.hosts_deny)):
+        client = access.client(host, lookup=not config.disable_host_lookup)
+        if access.allowed(client, Path(config.hosts_allow), Path(config.hosts_deny)):
             return None
     except ValueError:  # not an IP address (a unix socket under inetd): rules cannot apply
         return None
-    LOG.warning("access denied to %s%s by %s / %s (+ac)", host, f" ({peer.name})" if peer.name else "",
+    LOG.warning("access denied to %s%s by %s / %s (+ac)", host, f" ({client.name})" if client.name else "",
                 config.hosts_allow, config.hosts_deny)
-    text = _peer_text(sock)
     sock.close()
-    summary = {"peer": text, "outcome": "rejected", "reject_code": "access_denied",
+    summary = {"peer": proxy.peer_text(peer), "outcome": "rejected", "reject_code": "access_denied",
                "reject_reason": "host access control", "objects": 0, "failures": 0, "bytes": 0, "duration": 0.0}
     emit(Event.ASSOCIATION_ENDED, summary)
     return summary
 
 
-def _tls_handshake(sock: socket.socket, config: Config,
+def _tls_handshake(sock: socket.socket, address: proxy.Address, config: Config,
                    emit: EventSink) -> tuple[socket.socket, dict[str, Any] | None]:
     """The TLS server handshake, in this worker and bounded by -ta: (TLS socket, None), or
     (closed socket, summary) when it fails."""
-    peer = _peer_text(sock)
+    peer = proxy.peer_text(address)
     try:
         return tls.handshake(sock, config), None
     except tls.HandshakeFailed as failed:
@@ -121,11 +146,6 @@ def _remote_tuple(sock: socket.socket) -> tuple[str, int]:
         return (addr[0], addr[1])
     except (OSError, IndexError, TypeError):
         return ("unknown", 0)
-
-
-def _peer_text(sock: socket.socket) -> str:
-    host, port = _remote_tuple(sock)
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _log_summary(s: dict[str, Any]) -> None:

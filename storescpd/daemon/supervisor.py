@@ -28,10 +28,11 @@ from storescpd.daemon.associations import AssociationTable
 from storescpd.daemon.children import (STOPPED_WITH_THE_DAEMON, WORKER_KINDS, Child, Children, CrashGuard,
                                        remove_staging_leftovers, reset_signals)
 from storescpd.daemon.pending import Pending, PendingConnections
+from storescpd.daemon.proxy import Balancers
 from storescpd.daemon.systemd import notify, reloading, watchdog_interval
 from storescpd.daemon.worker import WORKER_BOOT_ERROR, serve_one, start_worker
 from storescpd.dicom import engine
-from storescpd.messages import Ask, ChildExited, Event, Idle, ReloadFailed
+from storescpd.messages import Ask, ChildExited, Event, Idle, ProxyRefused, ReloadFailed
 
 LOG = logging.getLogger("storescpd.supervisor")
 
@@ -58,11 +59,13 @@ class Supervisor:
         self.generation = 0
         self.selector = selectors.DefaultSelector()
         self.children = Children(self.selector, self.on_message)
-        self.pending = PendingConnections(self.selector, self._silent_connection_closed)
+        self.pending = PendingConnections(self.selector, self._silent_connection_closed, self._proxy_refused,
+                                          Balancers(config.proxy_protocol_from or ()))
         self.associations = AssociationTable()
         self.crash_guard = CrashGuard()
         self.signal_queue: list[int] = []
         self.stopping: str | None = None  # "graceful" or "quick"
+        self.draining_until: float | None = None  # SIGTERM with drain_delay: still accepting until then
         self.stop_deadline = 0.0
         self.boot_failed = False
         self.started = time.time()
@@ -114,6 +117,8 @@ class Supervisor:
         for key, _mask in self.selector.select(TICK_SECONDS):
             key.data(key.fileobj)  # every registration's data is its handler
         self.handle_signals()
+        if self.draining_until is not None and not self.stopping and time.monotonic() >= self.draining_until:
+            self.begin_stop("graceful")
         self.reap_children()
         if self.boot_failed:
             LOG.error("a worker could not start; stopping instead of re-forking (see the messages above)")
@@ -171,7 +176,10 @@ class Supervisor:
         self.config = self.config.replace(workers=max(1, self.config.workers - 1))
 
     def handle_term(self) -> None:
-        self.begin_stop("graceful")
+        if self.config.drain_delay and self.draining_until is None and not self.stopping:
+            self.begin_drain()
+        else:
+            self.begin_stop("graceful")  # a second SIGTERM does not wait for the drain delay
 
     def handle_int(self) -> None:
         self.begin_stop("quick")
@@ -183,6 +191,15 @@ class Supervisor:
         self.reload()
 
     # ---- stopping ----------------------------------------------------------
+    def begin_drain(self) -> None:
+        """The first step of a graceful stop with drain_delay: /readyz answers 503 while the listeners
+        still accept, so a load balancer's health check moves new connections elsewhere before they close."""
+        self.draining_until = time.monotonic() + self.config.drain_delay
+        notify("STOPPING=1", f"STATUS=draining for {self.config.drain_delay} s, {len(self.associations)} "
+                             "associations running")
+        LOG.info("draining: not ready (/readyz answers 503), still accepting for %d s (drain_delay)",
+                 self.config.drain_delay)
+
     def begin_stop(self, how: str) -> None:
         if self.stopping == "quick" or self.stopping == how:
             return
@@ -216,6 +233,9 @@ class Supervisor:
     def _silent_connection_closed(self) -> None:
         self.emit(Event.CONNECTION_TIMED_OUT, {}, None)
 
+    def _proxy_refused(self, reason: str) -> None:
+        self.emit(Event.PROXY_REFUSED, ProxyRefused(reason=reason), None)
+
     def dispatch_ready(self) -> None:
         ready = self.pending.ready
         while ready:
@@ -238,7 +258,7 @@ class Supervisor:
     def hand_over(self, child: Child, p: Pending) -> bool:
         assert child.channel is not None
         try:
-            ipc.send(child.channel, {"conn": {"role": p.role}}, [p.sock.fileno()])
+            ipc.send(child.channel, {"conn": {"role": p.role, "peer": p.peer}}, [p.sock.fileno()])
         except OSError as exc:
             LOG.warning("cannot hand a connection to worker %d (%s): another worker takes it", child.pid, exc)
             self.children.retire(child)  # gone, or its channel is stuck: either way it is replaced
@@ -269,7 +289,8 @@ class Supervisor:
 
     def spawn_fork_child(self, p: Pending) -> None:
         config, generation = self.config, self.generation
-        child = self.fork("fork", lambda channel: serve_one(config, channel, generation, p.sock, p.role), keep=p.sock)
+        child = self.fork("fork", lambda channel: serve_one(config, channel, generation, p.sock, p.role, p.peer),
+                          keep=p.sock)
         if child is not None:
             child.busy = True
         p.sock.close()
@@ -373,6 +394,7 @@ class Supervisor:
         if new.log_level != self.config.log_level:
             setup_logging(new.log_level, new.log_config)  # here, and in the workers forked from now on
         self.config = new
+        self.pending.balancers = Balancers(new.proxy_protocol_from or ())
         engine.prepare(new)
         self.generation += 1
         self.config_loaded = time.time()

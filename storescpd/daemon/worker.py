@@ -105,7 +105,7 @@ class Worker:
         self.served += 1
         try:
             serve_association(conn, self.config, emit=self.channel.emit, admit=self._admit,
-                              role=meta.get("role", "dicom"), on_association=self._track)
+                              role=meta.get("role", "dicom"), on_association=self._track, peer=_peer(meta))
         except Exception:
             LOG.exception("association failed in worker %d", os.getpid())
         finally:
@@ -126,15 +126,22 @@ class Worker:
             return f"supervisor unavailable ({exc})"
 
 
+def _peer(meta: dict[str, Any]) -> tuple[str, int] | None:
+    """The client's address as the supervisor handed it over (its pending stage read any PROXY header)."""
+    peer = meta.get("peer")
+    return (str(peer[0]), int(peer[1])) if isinstance(peer, (list, tuple)) and len(peer) == 2 else None
+
+
 def start_worker(config: Config, channel: socket.socket, generation: int, max_requests: int) -> None:
     """Entry in a pool worker right after fork."""
     sys.stdin.close()
     Worker(config, channel, generation, max_requests).run()
 
 
-def serve_one(config: Config, channel: socket.socket, generation: int, conn: socket.socket, role: str) -> None:
+def serve_one(config: Config, channel: socket.socket, generation: int, conn: socket.socket, role: str,
+              peer: tuple[str, int]) -> None:
     """Entry in a --fork child right after fork: serve the one connection, then exit."""
     worker = Worker(config, channel, generation, 1)
     worker._install_signals()
-    worker._serve(conn.detach(), {"role": role})
+    worker._serve(conn.detach(), {"role": role, "peer": peer})
     os._exit(WORKER_OK)

@@ -265,7 +265,9 @@ def _item(item_type: int, value: bytes) -> bytes:
 
 
 def _encoded_uid(value: str) -> bytes:
-    return value.encode("ascii")  # PS3.8: UIDs in PDUs are not padded
+    # PS3.8: UIDs in PDUs are not padded. A refused context echoes the peer's first transfer syntax,
+    # read with "replace": any byte it sent comes back as "?", never as an encoding error.
+    return value.encode("ascii", "replace")
 
 
 def _with_uid_length(uid: str, rest: bytes = b"") -> bytes:

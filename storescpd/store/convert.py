@@ -20,6 +20,7 @@ keeps it so):
 from __future__ import annotations
 
 import struct
+import warnings
 import zlib
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -145,16 +146,28 @@ def read_staged(source: Path, offset: int, received: str, convert_un: bool = Fal
     little = ts != EXPLICIT_BE
     with open(source, "rb") as fh:
         fh.seek(offset)
-        stream: BinaryIO = fh
+        # From memory, not from the file: pydicom reads a value with read(length), and a file's read
+        # allocates ``length`` bytes first. A data set whose VR bytes are not letters makes pydicom
+        # guess implicit VR and take VR and length together as a length (up to 4 GiB) for a few bytes.
+        raw = fh.read()
+        stream: BinaryIO = BytesIO(raw)
         if ts == DEFLATED_LE:
             inflater = zlib.decompressobj(-zlib.MAX_WBITS)
-            inflated = inflater.decompress(fh.read(), MAX_INFLATED + 1)
+            inflated = inflater.decompress(raw, MAX_INFLATED + 1)
             if len(inflated) > MAX_INFLATED:  # re-encoding holds the data set in memory
                 raise ValueError(f"the deflated data set inflates to more than {MAX_INFLATED >> 20} MiB")
             stream = BytesIO(inflated)
-        with _un_replacement(convert_un):
-            ds = read_dataset(stream, implicit, little)
-            _resolve(ds)
+        with _un_replacement(convert_un), warnings.catch_warnings():
+            # pydicom guesses the other VR encoding when a data set's first VR bytes are not letters;
+            # the header walk and the negotiated transfer syntax read it as sent: a guess would write
+            # another data set (an explicit VR "U\0" element read as implicit VR swallows the rest).
+            warnings.filterwarnings("error", message="Expected (explicit|implicit) VR, but found")
+            try:
+                ds = read_dataset(stream, implicit, little)
+                _resolve(ds)
+            except UserWarning as exc:
+                raise ValueError(f"the data set is not encoded in the VR encoding of {received} "
+                                 f"(pydicom: {str(exc).split(' - ')[0]})") from None
     ds.set_original_encoding(implicit, little, ds._character_set)
     return ds
 

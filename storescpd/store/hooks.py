@@ -4,15 +4,17 @@ DCMTK storescp substitutes the placeholders into the command string and hands it
 ``/bin/sh -c``, so a calling AE title such as ``x";touch PWNED;"`` runs a command
 (CVE-2026-5663). Here the configured command is split into arguments once (``shlex``, at
 configuration time); each placeholder is replaced inside its own argument, so a value from
-the peer is always exactly one argument, whatever it contains. One that would begin an
-argument with '-' with no '--' before it would be read as an option (an AE title '-rf'): the
-hook does not run for that event (``OptionInjection``). The values are also passed in the
-environment (``ENVIRONMENT``).
+the peer is always exactly one argument, whatever it contains, and reaches the hook as DCMTK
+passes it, a value beginning with '-' included (docs/hooks.md says why). The values are also
+passed in the environment (``ENVIRONMENT``).
 
 A hook starts with stdin on /dev/null, stdout and stderr on a pipe we read (the tail is
 logged with the exit status), no inherited descriptors, no ``NOTIFY_SOCKET``/``LISTEN_*``,
 default signal dispositions, in its own process group (so a timeout kills what it started).
-A hook never changes the status of a C-STORE.
+A hook may come with a ``Prelude``: a program that runs first in the hook's own process and
+then executes the hook (the end-of-study rename, ``storescpd.store.study_rename``), so that
+the supervisor starts one child and never waits for the file system. A hook never changes the
+status of a C-STORE.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable
 
-from storescpd.config.commands import END_OF_OPTIONS, PEER_CONTROLLED, PLACEHOLDER_PATTERN, split_command
+from storescpd.config.commands import PLACEHOLDER_PATTERN
 
 LOG = logging.getLogger("storescpd.hooks")
 
@@ -52,51 +54,16 @@ MAX_RUNNING = 32  # asynchronous hooks at once; more wait in order
 OUTPUT_TAIL_BYTES = 2048
 
 
-class OptionInjection(ValueError):
-    """A value from the peer would begin an argument with '-' (read as an option): not run."""
-
-    def __init__(self, placeholder: str, value: str, argument: str) -> None:
-        super().__init__(placeholder, value, argument)
-        self.placeholder = placeholder
-        self.value = value
-        self.argument = argument  # as configured, placeholder still in it
-
-
 def substitute(argv: tuple[str, ...] | list[str], values: dict[str, str]) -> list[str]:
     """Each placeholder replaced inside its own argument, in one pass (a value is never re-read).
 
     A placeholder whose value is not given stays as written (DCMTK leaves #f of -xcs alone).
-    Raises OptionInjection when a peer's value would begin an argument with '-' and no '--'
-    comes before that argument: the program would read it as an option (an AE title '-rf').
     """
     def one(match: re.Match[str]) -> str:
-        name = PLACEHOLDERS[match.group(0)]
-        value = values.get(name)
+        value = values.get(PLACEHOLDERS[match.group(0)])
         return match.group(0) if value is None else _argument_safe(value)
 
-    end_of_options = False
-    for arg in argv[1:]:
-        if arg == END_OF_OPTIONS:
-            end_of_options = True
-        elif not end_of_options:
-            _refuse_leading_option(arg, values)
     return [PLACEHOLDER_PATTERN.sub(one, arg) for arg in argv]
-
-
-def _refuse_leading_option(arg: str, values: dict[str, str]) -> None:
-    """OptionInjection if the value of a peer-controlled placeholder begins ``arg``: the first
-    placeholder, or a later one when all those before it are empty."""
-    pos = 0
-    while (match := PLACEHOLDER_PATTERN.match(arg, pos)) is not None:
-        value = values.get(PLACEHOLDERS[match.group(0)])
-        if value is None:
-            return  # stays as written: begins with '#'
-        value = _argument_safe(value)
-        if value:
-            if value.startswith("-") and match.group(0) in PEER_CONTROLLED:
-                raise OptionInjection(match.group(0), value, arg)
-            return
-        pos = match.end()
 
 
 def _argument_safe(value: str) -> str:
@@ -120,36 +87,74 @@ class RunningHook:
     started: float
     deadline: float  # monotonic; inf without a timeout
     output: int  # read end of the stdout/stderr pipe
+    quiet: bool = False  # a prelude without a hook: its success is only worth a debug line
     tail: bytearray = field(default_factory=bytearray)
     killed: bool = False
 
 
 @dataclass
+class Prelude:
+    """A program run first in the hook's process: ``data`` is its stdin, the hook's output pipe
+    its descriptor ``PRELUDE_OUTPUT_FD``; it ends by executing the hook (an empty ``argv`` of
+    the request: it just exits). Its own log goes where the daemon's does."""
+
+    argv: list[str]
+    data: bytes
+
+
+PRELUDE_OUTPUT_FD = 3
+# Blocked in a prelude until it ignores them: a stop must not cut it halfway (a study half renamed).
+PRELUDE_BLOCKED_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT})
+
+
+@dataclass
 class HookRequest:
-    label: str  # "--exec-on-reception" or "--exec-on-eostudy"
+    label: str  # "--exec-on-reception", "--exec-on-eostudy" or "--rename-on-eostudy" (a prelude alone)
     argv: list[str]
     env: dict[str, str]
+    prelude: Prelude | None = None
 
 
 def spawn(request: HookRequest) -> tuple[int, int]:
-    """Start the hook; returns (pid, read end of its output pipe). Raises OSError."""
+    """Start the hook (or its prelude); returns (pid, read end of its output pipe). Raises OSError."""
     read_end, write_end = os.pipe2(os.O_CLOEXEC)
-    actions = [
-        (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
-        (os.POSIX_SPAWN_DUP2, write_end, 1),
-        (os.POSIX_SPAWN_DUP2, write_end, 2),
-    ]
-    actions.extend((os.POSIX_SPAWN_CLOSE, fd) for fd in _inheritable_fds() if fd > 2)
+    actions: list[tuple] = [(os.POSIX_SPAWN_CLOSE, fd) for fd in _inheritable_fds() if fd > 2]
+    stdin = None
     try:
-        pid = os.posix_spawnp(request.argv[0], request.argv, request.env, file_actions=actions,
-                              setpgroup=0, setsigdef=_RESET_SIGNALS, setsigmask=())
+        if request.prelude is None:
+            argv, blocked = request.argv, frozenset()
+            actions += [(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+                        (os.POSIX_SPAWN_DUP2, write_end, 1), (os.POSIX_SPAWN_DUP2, write_end, 2)]
+        else:
+            argv, blocked = request.prelude.argv, PRELUDE_BLOCKED_SIGNALS
+            stdin = _memory_file(request.prelude.data)
+            actions += [(os.POSIX_SPAWN_DUP2, stdin, 0), (os.POSIX_SPAWN_DUP2, write_end, PRELUDE_OUTPUT_FD)]
+        pid = os.posix_spawnp(argv[0], argv, request.env, file_actions=actions,
+                              setpgroup=0, setsigdef=_RESET_SIGNALS, setsigmask=blocked)
     except BaseException:
         os.close(read_end)
         raise
     finally:
         os.close(write_end)
+        if stdin is not None:
+            os.close(stdin)
     os.set_blocking(read_end, False)
     return pid, read_end
+
+
+def _memory_file(data: bytes) -> int:
+    """A descriptor reading ``data`` from its start: memory, no file system, no size limit (an
+    argument vector has one), and no pipe the supervisor would have to feed."""
+    fd = os.memfd_create("storescpd-prelude", os.MFD_CLOEXEC)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.lseek(fd, 0, os.SEEK_SET)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def _inheritable_fds() -> list[int]:
@@ -184,7 +189,6 @@ class HookRunner:
         self.clock = clock
         self.running: dict[int, RunningHook] = {}
         self.queue: deque[HookRequest] = deque()
-        self.finished = 0
 
     def start(self, request: HookRequest) -> int | None:
         """Start now, or queue when MAX_RUNNING run already; returns the pid if started."""
@@ -200,22 +204,21 @@ class HookRunner:
         try:
             pid, output = spawn(request)
         except OSError as exc:
-            LOG.error("cannot execute %s command %r: %s", request.label, request.argv[0],
-                      exc.strerror or exc)
+            program = request.prelude.argv if request.prelude is not None else request.argv
+            LOG.error("cannot execute %s command %r: %s", request.label, program[0], exc.strerror or exc)
             return None
         now = self.clock()
         # The timeout in force when the hook starts: a reload changes it for later hooks only.
         deadline = now + self.timeout if self.timeout else float("inf")
-        return RunningHook(pid, request.label, now, deadline, output)
+        return RunningHook(pid, request.label, now, deadline, output, quiet=not request.argv)
 
     def _start(self, request: HookRequest) -> int | None:
         hook = self._spawn(request)
         if hook is None:
             return None
-        pid = hook.pid
-        self.running[pid] = hook
-        LOG.info("executing %s (pid %d): %s", request.label, pid, shlex.join(request.argv))
-        return pid
+        self.running[hook.pid] = hook
+        _log_start(request, hook.pid, "")
+        return hook.pid
 
     def poll(self) -> None:
         """Read what hooks wrote, kill the overdue ones, start queued ones."""
@@ -234,7 +237,6 @@ class HookRunner:
             return False
         _read_available(hook)
         os.close(hook.output)
-        self.finished += 1
         _log_exit(hook, code, self.clock())
         self.poll()
         return True
@@ -254,8 +256,7 @@ class HookRunner:
         hook = self._spawn(request)
         if hook is None:
             return None
-        pid = hook.pid
-        LOG.info("executing %s synchronously (pid %d): %s", request.label, pid, shlex.join(request.argv))
+        _log_start(request, hook.pid, " synchronously")
         try:
             code = self._wait(hook)
         finally:
@@ -315,6 +316,14 @@ def _kill_group(pid: int) -> None:
             continue
 
 
+def _log_start(request: HookRequest, pid: int, how: str) -> None:
+    if not request.argv:
+        LOG.debug("%s%s (pid %d)", request.label, how, pid)
+        return
+    after = " once the study's files are renamed" if request.prelude is not None else ""
+    LOG.info("executing %s%s (pid %d)%s: %s", request.label, how, pid, after, shlex.join(request.argv))
+
+
 def _log_exit(hook: RunningHook, code: int, now: float) -> None:
     output = hook.tail.decode("utf-8", "replace").strip()
     tail = f"; output: {output[-OUTPUT_TAIL_BYTES:]!r}" if output else ""
@@ -325,4 +334,5 @@ def _log_exit(hook: RunningHook, code: int, now: float) -> None:
         what = f"was killed by signal {-code}" if code < 0 else f"exited with status {code}"
         LOG.warning("%s (pid %d) %s after %.1f s%s", hook.label, hook.pid, what, elapsed, tail)
     else:
-        LOG.info("%s (pid %d) finished after %.1f s%s", hook.label, hook.pid, elapsed, tail)
+        LOG.log(logging.DEBUG if hook.quiet else logging.INFO, "%s (pid %d) finished after %.1f s%s",
+                hook.label, hook.pid, elapsed, tail)

@@ -10,6 +10,7 @@ import errno
 import logging
 import os
 import re
+import socket
 import struct
 import threading
 import time
@@ -29,6 +30,11 @@ from storescpd.dicom.transfer_syntaxes import IMPLICIT_LE as _IMPLICIT_LE
 LOG = logging.getLogger("storescpd.storage")
 
 STAGING_DIR_NAME = ".storescpd-staging"
+# A staging file is named <worker pid>-<serial>-<attempt>.<host>.part. Instances on several hosts may
+# share the output tree (docs/scale-out.md), and a pid only means something on its own host: each
+# instance removes only the leftovers of its own host's dead processes, never another host's transfer.
+STAGING_HOST = re.sub(r"[^A-Za-z0-9.-]", "_", socket.gethostname()).strip(".") or "localhost"
+_STAGING_NAME = re.compile(r"(\d+)-\d+-\d+(?:\.(.+))?\.part")
 # What a peer's SOP Instance UID may not bring into a file name: the path separator (DCMTK's
 # Debian patch for CVE-2022-2119 replaces it by '_'), NUL and control characters.
 _UNSAFE_IN_NAME = re.compile(r"[/\x00-\x1f\x7f]")
@@ -146,7 +152,7 @@ def _mkstemp(staging_dir: Path) -> tuple[int, str]:
         _counter += 1
         n = _counter
     for attempt in range(100):
-        name = staging_dir / f"{os.getpid()}-{n}-{attempt}.part"
+        name = staging_dir / f"{os.getpid()}-{n}-{attempt}.{STAGING_HOST}.part"
         try:
             fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
             return fd, str(name)
@@ -160,13 +166,22 @@ def prepare_staging_dir(output_dir: Path) -> Path:
     staging = output_dir / STAGING_DIR_NAME
     staging.mkdir(mode=0o700, exist_ok=True)
     for leftover in staging.glob("*.part"):
-        pid = leftover.name.split("-", 1)[0]
-        if pid.isdigit() and not _pid_alive(int(pid)):
+        pid = own_staging_pid(leftover.name)
+        if pid is not None and not _pid_alive(pid):
             try:
                 leftover.unlink()
             except OSError:
                 pass
     return staging
+
+
+def own_staging_pid(name: str) -> int | None:
+    """The pid of this host's process that wrote the staging file ``name``; None for another host's
+    (or a name that is no staging file). A name without a host is from an older storescpd: ours."""
+    match = _STAGING_NAME.fullmatch(name)
+    if match is None or match.group(2) not in (None, STAGING_HOST):
+        return None
+    return int(match.group(1))
 
 
 def _pid_alive(pid: int) -> bool:

@@ -9,13 +9,12 @@ same holds for on_duplicate = unique when the same instance arrives on two assoc
 from __future__ import annotations
 
 import concurrent.futures
-import copy
 from pathlib import Path
 
 import pydicom
 import pytest
-from pydicom.data import get_testdata_file
 
+from tests.support.dicomfiles import small_objects
 from tests.support.peers import require_dcmtk, storescu
 
 pytestmark = pytest.mark.timeout(300)
@@ -26,21 +25,6 @@ OBJECTS_EACH = 150
 
 def setup_module() -> None:
     require_dcmtk()
-
-
-def small_objects(directory: Path, count: int, first: int, patient: str = "") -> list[Path]:
-    """Small CT objects, each with its own SOP Instance UID, pixel data dropped."""
-    base = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
-    del base.PixelData
-    base.PatientName = patient
-    directory.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for n in range(first, first + count):
-        ds = copy.deepcopy(base)
-        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = f"1.2.826.0.1.3680043.2.1143.79.{n}"
-        paths.append(directory / f"{n}.dcm")
-        ds.save_as(paths[-1], enforce_file_format=True)
-    return paths
 
 
 @pytest.mark.parametrize("mode", ["--prefork", "--fork"])

@@ -266,7 +266,7 @@ def test_peer_values_reach_hooks_as_single_arguments_and_run_nothing(mode: str, 
                                                                      tmp_path: Path) -> None:
     files = make_objects(tmp_path / "objects")
     script, calls = recorder(tmp_path, "hook")
-    # '--' first: a title such as '-rf' may begin an argument (without it the hook would not run).
+    # '--' first: the titles are arguments after the program's options (as docs/hooks.md advises).
     daemon = daemon_factory(mode, "-su", "", "-xcr", f"{script} -- #a #c #p #f", "-xcs", f"{script} end #a #p")
     dataset = pydicom.dcmread(files["A1"])
     for title in EVIL_AE_TITLES:
@@ -278,21 +278,56 @@ def test_peer_values_reach_hooks_as_single_arguments_and_run_nothing(mode: str, 
     assert not list(tmp_path.rglob("PWNED")) and not Path("/PWNED").exists()
 
 
-@pytest.mark.parametrize("mode", ["--single-process", "--prefork"])
-def test_a_calling_ae_title_that_would_be_an_option_does_not_run_the_hook(mode: str, daemon_factory,
-                                                                          tmp_path: Path) -> None:
+@pytest.mark.parametrize("mode", MODES)
+def test_a_calling_ae_title_beginning_with_a_dash_reaches_every_hook_as_one_argument(mode: str, daemon_factory,
+                                                                                  tmp_path: Path) -> None:
+    # DCMTK passes the value to its hook (through a shell); so do we, as one argument, and never
+    # acknowledge an object whose hook was knowingly skipped (docs/hooks.md).
     files = make_objects(tmp_path / "objects")
     script, calls = recorder(tmp_path, "hook")
-    daemon = daemon_factory(mode, "-xcr", f"{script} #a #f")
-    result = storescu(daemon.port, [files["A1"]], "-aet", "-rf")
-    assert result.returncode == 0, result.stderr  # the C-STORE succeeds all the same
-    assert (daemon.output / "CT.1.2.826.0.1.3680043.2.1143.78.1").is_file()
-    assert storescu(daemon.port, [files["A2"]], "-aet", "SAFE").returncode == 0
-    (call,) = wait_calls(calls, 1)  # only the second object's hook ran
-    assert call["argv"][0] == "SAFE"
-    daemon.wait_for_log("not run")
-    assert "--exec-on-reception not run" in daemon.log() and "(#a) '-rf'" in daemon.log()
-    assert len(wait_calls(calls, 1)) == 1
+    daemon = daemon_factory(mode, "-ss", "P", "-xcr", f"{script} #a #f", "-xcs", f"{script} #a #p")
+    result = storescu(daemon.port, [files["A1"]], "-aet", "-rf /", "-v")
+    assert result.returncode == 0 and "Received Store Response (Success)" in result.stderr, result.stderr
+    assert storescu(daemon.port, [files["B1"]], "-aet", "SAFE").returncode == 0  # ends study A
+    received = wait_calls(calls, 3)
+    (folder_a,) = [p for p in daemon.output.glob("P_*") if study_in(p) == "A"]
+    assert sorted(c["argv"] for c in received) == sorted([
+        ["-rf /", "CT.1.2.826.0.1.3680043.2.1143.78.1"],  # -xcr of A1
+        ["SAFE", "CT.1.2.826.0.1.3680043.2.1143.78.4"],  # -xcr of B1
+        ["-rf /", str(folder_a)],  # -xcs of A: the sender of its last object
+    ])
+    time.sleep(0.3)
+    assert len(wait_calls(calls, 3)) == 3
+    assert "not run" not in daemon.log() and "Traceback" not in daemon.log()
+
+
+LISTER = """#!{python}
+import json, os, sys
+with open({calls!r}, "a") as out:
+    out.write(json.dumps({{"path": sys.argv[1], "files": sorted(os.listdir(sys.argv[1]))}}) + "\\n")
+"""
+
+
+@pytest.mark.parametrize("mode, extra", [("--single-process", []), ("--prefork", []), ("--fork", []),
+                                         ("--prefork", ["-xs"]), ("--prefork", ["-tos", "1"])])
+def test_the_end_of_study_hook_sees_its_study_renamed(mode: str, extra: list[str], daemon_factory,
+                                                     tmp_path: Path) -> None:
+    # -rns, then -xcs, as DCMTK: the supervisor leaves the rename to a child that becomes the hook
+    # once the rename is durable (-xs: the worker renames and runs the hook itself).
+    files = make_objects(tmp_path / "objects")
+    calls = tmp_path / "listing.jsonl"
+    script = tmp_path / "lister.py"
+    script.write_text(LISTER.format(python=sys.executable, calls=str(calls)))
+    script.chmod(0o755)
+    daemon = daemon_factory(mode, "-ss", "P", "-rns", "-xcs", f"{script} #p", *extra)
+    assert storescu(daemon.port, [files["A1"], files["A2"]]).returncode == 0
+    assert storescu(daemon.port, [files["B1"]]).returncode == 0
+    ended = wait_calls(calls, 1)
+    if "-tos" in extra:  # B ends too, by the timeout: a study ended by the supervisor's clock
+        ended = wait_calls(calls, 2)
+    assert [call["files"] for call in ended] == [["CT000001", "CT000002"], ["CT000001"]][:len(ended)]
+    assert [study_in(Path(call["path"])) for call in ended] == ["A", "B"][:len(ended)]
+    assert "Traceback" not in daemon.log()
 
 
 @pytest.mark.filterwarnings("ignore:Invalid value for VR UI")

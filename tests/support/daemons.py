@@ -79,10 +79,12 @@ class Daemon:
         self.notify = NotifyListener(workdir / f"notify-{id(self)}.sock")
         self.stderr_path = workdir / f"daemon-{id(self)}.log"
 
-    def start(self, ready: bool = True, extra_env: dict[str, str] | None = None) -> "Daemon":
-        """Start it on a fresh listening socket; with `ready`, return once it sent READY=1."""
+    def start(self, ready: bool = True, extra_env: dict[str, str] | None = None,
+              address: tuple[str, int] = ("127.0.0.1", 0)) -> "Daemon":
+        """Start it on a fresh listening socket (on `address`: port 0 for any); with `ready`, return once
+        it sent READY=1."""
         listener = socket.socket()
-        listener.bind(("127.0.0.1", 0))
+        listener.bind(address)
         listener.listen(64)
         self.port = listener.getsockname()[1]
         env = {**os.environ, "LISTEN_FDS": "1", "LISTEN_FDNAMES": "dicom",

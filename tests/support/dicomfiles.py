@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import copy
 import random
 import struct
 from pathlib import Path
 
 import pydicom
+from pydicom.data import get_testdata_file
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
@@ -38,6 +40,21 @@ def make_object(path: Path, megabytes: int, seed: int = 0, columns: int | None =
     ds.PixelData = b"".join(rng.randbytes(rows * cols * 2) for _ in range(frames))
     ds.save_as(path, enforce_file_format=True)
     return path
+
+
+def small_objects(directory: Path, count: int, first: int, patient: str = "") -> list[Path]:
+    """Small CT objects, each with its own SOP Instance UID (...79.<n> from `first`), pixel data dropped."""
+    base = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    del base.PixelData
+    base.PatientName = patient
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for n in range(first, first + count):
+        ds = copy.deepcopy(base)
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = f"1.2.826.0.1.3680043.2.1143.79.{n}"
+        paths.append(directory / f"{n}.dcm")
+        ds.save_as(paths[-1], enforce_file_format=True)
+    return paths
 
 
 def _el(tag: int, vr: bytes, value: bytes, length: int | None = None) -> bytes:

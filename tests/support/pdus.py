@@ -71,3 +71,12 @@ def read_pdu(sock: socket.socket) -> tuple[int, bytes]:
             break
         body += chunk
     return pdu_type, body
+
+
+def closed_without_an_answer(sock: socket.socket, timeout: float = 10.0) -> bool:
+    """Whether the other side closed without sending a byte (a reset too: it closed with ours unread)."""
+    sock.settimeout(timeout)
+    try:
+        return sock.recv(1) == b""
+    except ConnectionResetError:
+        return True

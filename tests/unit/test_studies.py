@@ -2,30 +2,33 @@
 
 from __future__ import annotations
 
+import errno
+import json
+import logging
 import os
 import re
+import signal
+import sys
 from pathlib import Path
 
 import pytest
 
-from storescpd.store import studies
 from storescpd.config.settings import Config, defaults
+from storescpd.store import study_folders, study_rename
+from storescpd.store.hooks import HookRequest, HookRunner
 from storescpd.store.storage import UnsafeName
-from storescpd.store.studies import (
-    END_OF_STUDY,
-    RECEPTION,
-    StudyService,
-    StudyTracker,
-    TrackerSettings,
+from storescpd.store.study_actions import child_request, hook_request
+from storescpd.store.study_folders import (
     check_folder,
     ensure_folder,
     folder_name,
-    hook_request,
     patient_folder_part,
-    rename_study,
     renamed_prefix,
     study_uid_folder_part,
 )
+from storescpd.store.study_rename import rename_study
+from storescpd.store.study_service import StudyService
+from storescpd.store.study_tracker import END_OF_STUDY, RECEPTION, StudyTracker, TrackerSettings
 
 WALL = 1796153099.657  # 2026-12-01 local time, millisecond 657
 STAMP = re.compile(r"^\d{8}_\d{6}\d{3}$")
@@ -110,7 +113,7 @@ def test_ensure_folder_refuses_a_planted_symlink(tmp_path: Path) -> None:
 
 def test_a_folder_another_worker_created_is_made_durable_once_here(tmp_path: Path, monkeypatch) -> None:
     synced: list[Path] = []
-    monkeypatch.setattr(studies, "fsync_dir", synced.append)
+    monkeypatch.setattr(study_folders, "fsync_dir", synced.append)
     (tmp_path / "PFX_other").mkdir()  # created by another worker, which may not have synced it yet
     for _ in range(3):
         ensure_folder(tmp_path, "PFX_other", fsync=True)
@@ -133,10 +136,13 @@ def test_renamed_prefix_is_the_first_two_characters_of_dcmtk_file_prefix() -> No
 # ---- the tracker ------------------------------------------------------------------------
 
 def settings(**kw: object) -> TrackerSettings:
-    base = dict(sort="concurrent", prefix="PFX", rename=True, timeout=0.0, output_directory="/out",
-                on_reception=True, on_end_of_study=True)
+    base = dict(sort="concurrent", prefix="PFX", rename=True, timeout=0.0, on_reception=True,
+                on_end_of_study=True)
     base.update(kw)
     return TrackerSettings(**base)  # type: ignore[arg-type]
+
+
+OUT = ("/out", "/out")  # -od as configured, and resolved
 
 
 def values(ae: str) -> dict[str, str]:
@@ -156,10 +162,10 @@ class Feed:
     def store(self, sender: str, uid: str, prefix: str = "CT") -> str:
         self.now += 0.1
         self.wall += 0.1
-        folder, ended = self.tracker.place(sender, uid, "", self.now, self.wall)
+        folder, ended = self.tracker.place(sender, uid, "", self.now, self.wall, *OUT)
         self.n += 1
         file = f"{prefix}.{self.n}"
-        self.actions += self.tracker.stored(sender, uid, folder, file, prefix, values(sender), self.now)
+        self.actions += self.tracker.stored(sender, uid, folder, file, prefix, values(sender), self.now, *OUT)
         self.actions += ended
         return folder
 
@@ -167,7 +173,7 @@ class Feed:
         self.actions += self.tracker.sender_done(sender, self.now)
 
     def hooks(self, event: str) -> list[dict]:
-        return [a["values"] for a in self.actions if a["action"] == "hook" and a["event"] == event]
+        return [a["values"] for a in self.actions if a["action"] == event]
 
 
 def test_sequential_associations_follow_dcmtk() -> None:
@@ -180,22 +186,31 @@ def test_sequential_associations_follow_dcmtk() -> None:
     feed.end("S2")
     feed.store("S3", "B", "MR"); feed.end("S3")
     c = feed.store("S4", "C"); feed.end("S4")
-    renames = [a for a in feed.actions if a["action"] == "rename"]
-    assert [(r["folder"], [f["file"] for f in r["files"]]) for r in renames] == [
-        (a, ["CT.1", "CT.2", "MR.3"]), (b, ["CT.4", "MR.5"])]
+    ends = [a for a in feed.actions if a["action"] == END_OF_STUDY]
+    assert [(r["directory"], [f["file"] for f in r["files"]]) for r in ends] == [
+        (f"/out/{a}", ["CT.1", "CT.2", "MR.3"]), (f"/out/{b}", ["CT.4", "MR.5"])]
     ends = feed.hooks(END_OF_STUDY)
     assert [e["path"] for e in ends] == [f"/out/{a}", f"/out/{b}"]
     # #a of an end-of-study hook: the association that sent the study's last object.
     assert [e["calling_ae"] for e in ends] == ["S2", "S3"]
     assert [r["path"] for r in feed.hooks(RECEPTION)] == [f"/out/{f}" for f in (a, a, a, b, b, c)]
-    assert [s["folder"] for s in feed.tracker.snapshot()] == [c]  # the last study stays open
+    assert [s.folder for s in feed.tracker.open.values()] == [c]  # the last study stays open
 
 
-def test_rename_comes_before_the_end_of_study_hook() -> None:
+def test_an_ended_study_is_one_action_after_the_reception_hook_that_ended_it() -> None:
     feed = Feed(StudyTracker(settings()))
     feed.store("S1", "A"); feed.end("S1"); feed.store("S2", "B")
-    kinds = [a["action"] for a in feed.actions if a["action"] == "rename" or a.get("event") == END_OF_STUDY]
-    assert kinds == ["rename", "hook"]
+    assert [a["action"] for a in feed.actions] == [RECEPTION, RECEPTION, END_OF_STUDY]  # DCMTK's order
+    assert [f["file"] for f in feed.actions[-1]["files"]] == ["CT.1"]  # renamed, then -xcs: one child
+
+
+def test_without_rename_the_end_of_study_renames_nothing_and_without_either_it_is_silent() -> None:
+    feed = Feed(StudyTracker(settings(rename=False)))
+    feed.store("S1", "A"); feed.store("S1", "B")
+    assert [(a["action"], a.get("files")) for a in feed.actions][-1] == (END_OF_STUDY, [])
+    quiet = Feed(StudyTracker(settings(rename=False, on_end_of_study=False, on_reception=False)))
+    quiet.store("S1", "A"); quiet.store("S1", "B")
+    assert quiet.actions == []
 
 
 def test_concurrent_senders_keep_their_studies_whole() -> None:
@@ -223,35 +238,34 @@ def test_same_study_over_parallel_associations_is_one_study() -> None:
 
 def test_timeout_ends_a_silent_study_once_its_associations_are_over() -> None:
     tracker = StudyTracker(settings(timeout=2.0))
-    folder, _ = tracker.place("S1", "A", "", 10.0, WALL)
-    tracker.stored("S1", "A", folder, "CT.1", "CT", values("S1"), 10.0)
+    folder, _ = tracker.place("S1", "A", "", 10.0, WALL, *OUT)
+    tracker.stored("S1", "A", folder, "CT.1", "CT", values("S1"), 10.0, *OUT)
     assert tracker.tick(20.0) == []  # its association is still open (DCMTK waits for it too)
     tracker.sender_done("S1", 11.0)
     assert tracker.tick(12.9) == []
     actions = tracker.tick(13.0)
-    assert [a["action"] for a in actions] == ["rename", "hook"]
+    assert [(a["action"], a["values"]["path"]) for a in actions] == [(END_OF_STUDY, f"/out/{folder}")]
     assert tracker.tick(30.0) == []  # once
-    folder2, ended = tracker.place("S2", "A", "", 31.0, WALL + 21)
+    folder2, ended = tracker.place("S2", "A", "", 31.0, WALL + 21, *OUT)
     assert folder2 != folder and ended == []  # the same study UID again is a new study (DCMTK)
 
 
 def test_without_sorting_only_reception_hooks() -> None:
     tracker = StudyTracker(settings(sort=None, rename=False, on_end_of_study=False))
-    assert tracker.place("S", "A", "", 1.0, WALL) == ("", [])
-    actions = tracker.stored("S", None, "", "CT.1", "CT", values("S"), 1.0)
-    assert actions == [{"action": "hook", "event": RECEPTION,
-                        "values": {**values("S"), "path": "/out", "file": "CT.1"}}]
+    assert tracker.place("S", "A", "", 1.0, WALL, *OUT) == ("", [])
+    actions = tracker.stored("S", None, "", "CT.1", "CT", values("S"), 1.0, *OUT)
+    assert actions == [{"action": RECEPTION, "values": {**values("S"), "path": "/out", "file": "CT.1"}}]
 
 
 def test_study_uid_is_required_when_sorting() -> None:
     with pytest.raises(UnsafeName, match="absent or empty"):
-        StudyTracker(settings()).place("S", "", "", 1.0, WALL)
+        StudyTracker(settings()).place("S", "", "", 1.0, WALL, *OUT)
 
 
 def test_studies_starting_in_the_same_millisecond_get_distinct_folders() -> None:
     tracker = StudyTracker(settings())
-    a, _ = tracker.place("X", "A", "", 1.0, WALL)
-    b, _ = tracker.place("Y", "B", "", 1.0, WALL)
+    a, _ = tracker.place("X", "A", "", 1.0, WALL, *OUT)
+    b, _ = tracker.place("Y", "B", "", 1.0, WALL, *OUT)
     assert a != b
 
 
@@ -267,13 +281,38 @@ def test_su_folder_is_reused_when_the_study_comes_back() -> None:
 def test_rename_study_numbers_in_reception_order_and_never_overwrites(tmp_path: Path) -> None:
     for name in ("CT.1", "MR.2", "CT.3", "CT000001"):
         (tmp_path / name).write_text(name)
-    done = rename_study(tmp_path, [{"file": "CT.1", "prefix": "CT"}, {"file": "MR.2", "prefix": "MR"},
-                                   {"file": "CT.3", "prefix": "CT"}, {"file": "gone", "prefix": "CT"}],
+    done = rename_study(str(tmp_path), [{"file": "CT.1", "prefix": "CT"}, {"file": "MR.2", "prefix": "MR"},
+                                        {"file": "CT.3", "prefix": "CT"}, {"file": "gone", "prefix": "CT"}],
                         fsync=True)
     # CT000001 existed (an earlier visit of the study to this -su folder): DCMTK would replace it.
     assert done == [("CT.1", "CT000002"), ("MR.2", "MR000003"), ("CT.3", "CT000004")]
     assert (tmp_path / "CT000001").read_text() == "CT000001"
     assert (tmp_path / "MR000003").read_text() == "MR.2"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["CT000001", "CT000002", "CT000004", "MR000003"]
+
+
+def test_a_name_taken_after_the_listing_is_not_overwritten(tmp_path: Path, monkeypatch) -> None:
+    # Another rename in the same folder (the study came back to its -su folder and ended again)
+    # took CT000001 after this one listed the folder: the name is claimed, never replaced.
+    (tmp_path / "CT.1").write_text("mine")
+    listing = os.listdir(tmp_path)
+    (tmp_path / "CT000001").write_text("theirs")
+    monkeypatch.setattr(study_rename.os, "listdir", lambda fd: list(listing))
+    assert rename_study(str(tmp_path), [{"file": "CT.1", "prefix": "CT"}], fsync=False) == [("CT.1", "CT000002")]
+    assert (tmp_path / "CT000001").read_text() == "theirs" and (tmp_path / "CT000002").read_text() == "mine"
+
+
+def test_without_hard_links_a_rename_still_never_overwrites(tmp_path: Path, monkeypatch) -> None:
+    def no_links(*args: object, **kw: object) -> None:
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    for name in ("CT.1", "CT000001"):
+        (tmp_path / name).write_text(name)
+    listing = ["CT.1"]  # stale: CT000001 came after the listing
+    monkeypatch.setattr(study_rename.os, "listdir", lambda fd: list(listing))
+    monkeypatch.setattr(study_rename.os, "link", no_links)
+    assert rename_study(str(tmp_path), [{"file": "CT.1", "prefix": "CT"}], fsync=True) == [("CT.1", "CT000002")]
+    assert (tmp_path / "CT000001").read_text() == "CT000001"
 
 
 def config(**kw: object) -> Config:
@@ -284,86 +323,162 @@ def test_hook_request_substitutes_inside_arguments() -> None:
     cfg = config(exec_on_reception="/bin/echo --file=#p/#f #a", exec_on_eostudy="/bin/echo #p #f")
     vals = {"path": "/out/PFX_1", "file": "CT.1", "calling_ae": 'x";touch PWNED;"', "called_ae": "C",
             "peer": "localhost"}
-    request = hook_request(cfg, {"action": "hook", "event": RECEPTION, "values": vals})
+    request = hook_request(cfg, {"action": RECEPTION, "values": vals})
     assert request is not None
     assert request.argv == ["/bin/echo", "--file=/out/PFX_1/CT.1", 'x";touch PWNED;"']
     assert request.env["STORESCPD_CALLING_AE"] == 'x";touch PWNED;"'
     assert request.env["STORESCPD_EVENT"] == RECEPTION
-    end = hook_request(cfg, {"action": "hook", "event": END_OF_STUDY, "values": vals})
+    end = hook_request(cfg, {"action": END_OF_STUDY, "directory": "/out/PFX_1", "files": [], "values": vals})
     assert end is not None and end.argv == ["/bin/echo", "/out/PFX_1", "#f"]  # #f stays, as in DCMTK
     assert "STORESCPD_FILE" not in end.env
 
 
-def service_with_recorded_hooks(cfg: Config) -> tuple[StudyService, list[list[str]]]:
-    service = StudyService(cfg, can_block=False)
-    started: list[list[str]] = []
-    service.runner.start = lambda request: started.append(request.argv)  # type: ignore[method-assign]
+def test_a_peer_value_beginning_with_a_dash_reaches_the_hook_as_one_argument() -> None:
+    # As DCMTK passes it (through its shell), but never split and never a command: the program
+    # decides what its arguments mean (docs/hooks.md); the object's hook is never skipped.
+    cfg = config(exec_on_reception="/usr/bin/prog #a #f", exec_on_eostudy="/usr/bin/prog #c #r")
+    vals = {"path": "/out", "file": "CT.1", "calling_ae": "-rf /", "called_ae": "--x=y", "peer": "-oProxy=id"}
+    reception = hook_request(cfg, {"action": RECEPTION, "values": vals})
+    assert reception is not None and reception.argv == ["/usr/bin/prog", "-rf /", "CT.1"]
+    end = hook_request(cfg, {"action": END_OF_STUDY, "directory": "/out", "files": [], "values": vals})
+    assert end is not None and end.argv == ["/usr/bin/prog", "--x=y", "-oProxy=id"]
+
+
+def recording_service(cfg: Config) -> tuple[StudyService, list[HookRequest]]:
+    """The supervisor's service with the children it would start recorded, not started."""
+    service = StudyService(cfg, in_supervisor=True)
+    started: list[HookRequest] = []
+    service.runner.start = started.append  # type: ignore[method-assign,assignment]
     return service, started
 
 
-def store(service: StudyService, uid: str, file: str, **where: str) -> str:
+def store(service: StudyService, uid: str, file: str, directory: str) -> str:
+    where = {"output_directory": directory, "root": os.path.realpath(directory)}
     folder = service.place("S1", {"study_uid": uid, "wall": WALL, **where})["folder"]
     service.stored("S1", {"study_uid": uid, "folder": folder, "file": file, "prefix": "CT",
                           "values": values("AE"), **where})
     return folder
 
 
-def test_a_study_begun_before_a_reload_is_renamed_and_announced_where_its_files_are(tmp_path: Path) -> None:
+def prelude_spec(request: HookRequest) -> dict:
+    assert request.prelude is not None
+    assert request.prelude.argv == [sys.executable, "-m", study_rename.JOB_MODULE]
+    return json.loads(request.prelude.data)
+
+
+def test_the_supervisor_renames_nothing_itself_the_end_of_study_child_does(tmp_path: Path) -> None:
     old, new = tmp_path / "old", tmp_path / "new"
     old.mkdir(); new.mkdir()
     cfg = config(output_directory=str(old), sort=["concurrent", "PFX"], rename_on_eostudy=True,
-                 exec_on_eostudy="/bin/echo #p")
-    service, started = service_with_recorded_hooks(cfg)
-    folder = store(service, "1.2.3", "CT.1")
+                 exec_on_eostudy="/bin/ls #p")
+    service, started = recording_service(cfg)
+    folder = store(service, "1.2.3", "CT.1", str(old))
     (old / folder).mkdir()
     (old / folder / "CT.1").write_text("object")
 
     service.reconfigure(cfg.replace(output_directory=str(new)))
-    store(service, "1.2.4", "CT.2")  # another study: 1.2.3 ends
-    assert (old / folder / "CT000001").read_text() == "object"
-    assert started == [["/bin/echo", str(old / folder)]]
+    store(service, "1.2.4", "CT.2", str(new))  # another study: 1.2.3 ends, where its files are
+    (request,) = started
+    assert (request.label, request.argv) == ("--exec-on-eostudy", ["/bin/ls", str(old / folder)])
+    assert prelude_spec(request)["files"] == [{"file": "CT.1", "prefix": "CT"}]
+    assert sorted(p.name for p in (old / folder).iterdir()) == ["CT.1"]  # not in the supervisor's loop
+
+    assert HookRunner().run_sync(request) == 0  # the child: rename, then become the hook
+    assert (old / folder / "CT000001").read_text() == "object" and not (old / folder / "CT.1").exists()
+
+
+def test_the_end_of_study_hook_starts_once_the_rename_is_done(tmp_path: Path, caplog) -> None:
+    listing = tmp_path / "listing"
+    (tmp_path / "P").mkdir()
+    for name in ("CT.1", "MR.2"):
+        (tmp_path / "P" / name).write_text(name)
+    cfg = config(output_directory=str(tmp_path), sort=["concurrent", "P"], rename_on_eostudy=True,
+                 exec_on_eostudy=f"sh -c 'ls \"$1\" > {listing}; grep -E \"^Sig(Blk|Ign)\" /proc/self/status' -- #p")
+    action = {"action": END_OF_STUDY, "directory": str(tmp_path / "P"),
+              "files": [{"file": "CT.1", "prefix": "CT"}, {"file": "MR.2", "prefix": "MR"}],
+              "values": {**values("AE"), "path": str(tmp_path / "P")}}
+    request = child_request(cfg, action)
+    assert request is not None
+    caplog.set_level(logging.INFO, "storescpd.hooks")
+    assert HookRunner().run_sync(request) == 0
+    assert listing.read_text().split() == ["CT000001", "MR000002"]
+    # The hook starts as any hook does: nothing blocked, the signals the child's Python ignored or
+    # blocked (SIGPIPE, SIGXFSZ; the stop signals during the rename) back to their defaults.
+    blocked, ignored = (int(re.search(name + r":\\t([0-9a-f]+)", caplog.text).group(1), 16)  # type: ignore[union-attr]
+                        for name in ("SigBlk", "SigIgn"))
+    assert blocked == 0
+    for signum in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT):
+        assert not ignored & (1 << (signum - 1)), signum
+
+
+def test_a_rename_without_hook_is_a_quiet_child(tmp_path: Path) -> None:
+    (tmp_path / "CT.1").write_text("x")
+    cfg = config(output_directory=str(tmp_path), sort=["concurrent", "P"], rename_on_eostudy=True)
+    action = {"action": END_OF_STUDY, "directory": str(tmp_path), "files": [{"file": "CT.1", "prefix": "CT"}],
+              "values": {**values("AE"), "path": str(tmp_path)}}
+    request = child_request(cfg, action)
+    assert request is not None and request.argv == [] and request.label == "--rename-on-eostudy"
+    assert HookRunner().run_sync(request) == 0
+    assert [p.name for p in tmp_path.iterdir()] == ["CT000001"]
+    assert child_request(cfg, {**action, "files": []}) is None  # nothing to rename, no hook: no child
+
+
+def test_an_end_of_study_hook_that_cannot_be_executed_is_logged_after_the_rename(tmp_path: Path, capfd) -> None:
+    (tmp_path / "CT.1").write_text("x")
+    cfg = config(output_directory=str(tmp_path), sort=["concurrent", "P"], rename_on_eostudy=True,
+                 exec_on_eostudy="/nonexistent/hook #p")
+    action = {"action": END_OF_STUDY, "directory": str(tmp_path), "files": [{"file": "CT.1", "prefix": "CT"}],
+              "values": {**values("AE"), "path": str(tmp_path)}}
+    request = child_request(cfg, action)
+    assert request is not None
+    assert HookRunner().run_sync(request) == study_rename.EXIT_CANNOT_EXECUTE
+    assert "cannot execute --exec-on-eostudy command '/nonexistent/hook'" in capfd.readouterr().err
+    assert [p.name for p in tmp_path.iterdir()] == ["CT000001"]
 
 
 def test_a_study_never_spans_two_output_directories(tmp_path: Path) -> None:
     old, new = str(tmp_path / "old"), str(tmp_path / "new")
     cfg = config(output_directory=old, sort=["studyuid", ""], exec_on_eostudy="/bin/echo #p")
-    service, started = service_with_recorded_hooks(cfg)
-    store(service, "1.2.3", "CT.1", output_directory=old)
+    service, started = recording_service(cfg)
+    store(service, "1.2.3", "CT.1", old)
     service.reconfigure(cfg.replace(output_directory=new))
-    store(service, "1.2.3", "CT.2", output_directory=old)  # a worker of before the reload: same study
+    store(service, "1.2.3", "CT.2", old)  # a worker of before the reload: same study
     assert started == []
-    store(service, "1.2.3", "CT.3", output_directory=new)
-    assert started == [["/bin/echo", f"{old}/1.2.3"]]  # ended in the old directory, begun in the new
-    assert [s["folder"] for s in service.tracker.snapshot()] == ["1.2.3"]
+    store(service, "1.2.3", "CT.3", new)
+    assert [r.argv for r in started] == [["/bin/echo", f"{old}/1.2.3"]]  # ended in the old directory
+    assert [r.prelude for r in started] == [None]  # no -rns: the hook alone
     (study,) = service.tracker.open.values()
-    assert study.directory == str(tmp_path / "new" / "1.2.3")
+    assert study.folder == "1.2.3" and study.directory == str(tmp_path / "new" / "1.2.3")
+
+
+def test_with_exec_sync_the_worker_gets_the_rename_and_the_hooks_back(tmp_path: Path) -> None:
+    cfg = config(output_directory=str(tmp_path), sort=["concurrent", "P"], rename_on_eostudy=True,
+                 exec_on_reception="/bin/echo #f", exec_on_eostudy="/bin/echo #p", exec_sync=True)
+    service, started = recording_service(cfg)
+    where = {"output_directory": str(tmp_path), "root": str(tmp_path)}
+    for uid, file in (("1.2.3", "CT.1"), ("1.2.4", "CT.2")):
+        folder = service.place("S1", {"study_uid": uid, "wall": WALL, **where})["folder"]
+        back = service.stored("S1", {"study_uid": uid, "folder": folder, "file": file, "prefix": "CT",
+                                     "values": values("AE"), **where}, hand_back=True)
+    assert [a["action"] for a in back] == [RECEPTION, END_OF_STUDY]
+    assert [f["file"] for f in back[1]["files"]] == ["CT.1"]
+    assert started == []  # the worker carries them out and waits; the supervisor starts nothing
 
 
 def test_associations_on_both_sides_of_a_reload_fill_one_folder_each(tmp_path: Path) -> None:
     """OLD began before a reload that changed -od, NEW after it; their objects of one study
     interleave. Each directory keeps one folder, ended once its association is done."""
     old, new = str(tmp_path / "old"), str(tmp_path / "new")
-    tracker = StudyTracker(TrackerSettings("concurrent", "P", True, 0.0, old, False, False))
+    tracker = StudyTracker(TrackerSettings("concurrent", "P", True, 0.0, False, False))
     placed = []
     for n, (sender, directory) in enumerate([("OLD", old), ("NEW", new), ("OLD", old), ("NEW", new)]):
-        folder, ended = tracker.place(sender, "1.2.3", "", float(n), 1e9 + n, directory)
+        folder, ended = tracker.place(sender, "1.2.3", "", float(n), 1e9 + n, directory, directory)
         assert ended == []
-        tracker.stored(sender, "1.2.3", folder, f"CT.{n}", "CT", {}, float(n), directory)
+        tracker.stored(sender, "1.2.3", folder, f"CT.{n}", "CT", {}, float(n), directory, directory)
         placed.append((directory, folder))
     assert len(set(placed)) == 2
     ended = tracker.sender_done("OLD", 10.0)
     assert [(a["directory"], [f["file"] for f in a["files"]]) for a in ended] == \
-        [(os.path.join(os.path.realpath(old), placed[0][1]), ["CT.0", "CT.2"])]
-    ended = tracker.place("NEW", "1.2.4", "", 11.0, 1e9 + 11, new)[1]  # NEW moves on: its study ends
+        [(os.path.join(old, placed[0][1]), ["CT.0", "CT.2"])]
+    ended = tracker.place("NEW", "1.2.4", "", 11.0, 1e9 + 11, new, new)[1]  # NEW moves on: its study ends
     assert [[f["file"] for f in a["files"]] for a in ended] == [["CT.1", "CT.3"]]
-
-
-def test_a_peer_value_that_would_be_an_option_does_not_run_the_hook(caplog: pytest.LogCaptureFixture) -> None:
-    cfg = config(exec_on_reception="/usr/bin/prog #a")
-    vals = {"path": "/out", "file": "CT.1", "calling_ae": "-rf\n", "called_ae": "C", "peer": "h"}
-    assert hook_request(cfg, {"action": "hook", "event": RECEPTION, "values": vals}) is None
-    assert "--exec-on-reception not run" in caplog.text and "(#a) '-rf\\n'" in caplog.text
-    assert "/usr/bin/prog -- #a" in caplog.text
-    safe = config(exec_on_reception="/usr/bin/prog -- #a")
-    request = hook_request(safe, {"action": "hook", "event": RECEPTION, "values": vals})
-    assert request is not None and request.argv == ["/usr/bin/prog", "--", "-rf\n"]

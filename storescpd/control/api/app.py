@@ -61,7 +61,8 @@ class Health(BaseModel):
 
 class Readiness(BaseModel):
     ready: bool
-    checks: dict[str, bool] = Field(description="listening, workers, output_writable")
+    checks: dict[str, bool] = Field(description="listening, accepting (false while a stop drains), workers "
+                                                "(of the current generation), output_writable")
     output_free_bytes: int | None = None
 
 
