@@ -142,10 +142,12 @@ def resource_checks(res: dict, fds_start: list[str], fds_end: list[str], bursts:
         _check("worker_rss_bounded", workers["rss_mib_max"] < 160,
                f"max worker RSS {workers['rss_mib_max']} MiB for objects up to 64 MiB"),
         _check("worker_rss_flat_across_generations",
-               workers["floor_rss_mib_late"] is not None
-               and workers["floor_rss_mib_late"] - workers["floor_rss_mib_early"] < 2.0,
-               f"a worker's idle RSS: {workers['floor_rss_mib_early']} MiB (first third of the run), "
-               f"{workers['floor_rss_mib_late']} MiB (last third), {workers['floor_rss_mib_per_min']:+} MiB/min"),
+               None not in (workers["fresh_rss_mib_late"], workers["served_rss_mib_late"])
+               and workers["fresh_rss_mib_late"] - workers["fresh_rss_mib_early"] < 2.0
+               and workers["served_rss_mib_late"] - workers["served_rss_mib_early"] < 4.0,
+               f"a fresh worker: {workers['fresh_rss_mib_early']} MiB in the first third of the run, "
+               f"{workers['fresh_rss_mib_late']} MiB in the last; a worker that served: "
+               f"{workers['served_rss_mib_early']} -> {workers['served_rss_mib_late']} MiB"),
         _check("no_lingering_zombie", res["longest_zombie_s"] < 5,
                f"longest zombie {res['longest_zombie_s']} s ({res['zombies_seen']} seen)"),
     ]
@@ -363,7 +365,8 @@ def print_summary(results: dict) -> None:
     w = r["workers"]
     log(f"workers: {w['processes']} processes, RSS max {w['rss_mib_max']} MiB, per-process RSS slope median "
         f"{w['per_process_rss_mib_per_min_median']} max {w['per_process_rss_mib_per_min_max']} MiB/min, "
-        f"idle floor {w['floor_rss_mib_early']} -> {w['floor_rss_mib_late']} MiB")
+        f"fresh {w['fresh_rss_mib_early']} -> {w['fresh_rss_mib_late']} MiB, "
+        f"served {w['served_rss_mib_early']} -> {w['served_rss_mib_late']} MiB")
     for c in results["checks"]:
         log(f"  {'ok  ' if c['ok'] else 'FAIL'} {c['name']}: {c['detail']}")
     log("PASSED" if results["ok"] else "FAILED")

@@ -219,20 +219,42 @@ def _round(value: float | None, digits: int = 4) -> float | None:
     return None if value is None else round(value, digits)
 
 
+def _early_late(points: list[tuple[float, float]], pick: Callable) -> tuple[float | None, float | None]:
+    """`pick` (min, median) of the values of the first and of the last third of (time, value) points."""
+    points = sorted(points)
+    third = max(1, len(points) // 3)
+    if not points:
+        return None, None
+    return pick(v for _, v in points[:third]), pick(v for _, v in points[-third:])
+
+
+def _generations(workers: list[ProcSeries]) -> list[list[ProcSeries]]:
+    """Workers forked together (first seen within 2 s of each other): a reload's pool, or a replacement."""
+    groups: list[list[ProcSeries]] = []
+    for series in sorted((s for s in workers if s.t), key=lambda s: s.t[0]):
+        if groups and series.t[0] - groups[-1][0].t[0] <= 2.0:
+            groups[-1].append(series)
+        else:
+            groups.append([series])
+    return groups
+
+
 def worker_summary(workers: list[ProcSeries], since: float, excluded: list[Window]) -> dict:
-    """Workers live one reload period each: slopes per process, and across generations the RSS
-    floor of each worker (its idle size) against when it started, where a leak that outlives a
-    worker (shared or inherited state) would show."""
+    """Workers live one reload period each, so their own slopes mostly show their first association
+    after the fork. Across generations two sizes show a leak that outlives a worker: a generation's
+    fresh size (its lowest sample: the fork before any association; it follows the supervisor) and
+    what a worker holds once it has served (its last sample, in workers that grew by over 1 MiB)."""
     lived = [x for x in (_trend(s, since, excluded) for s in workers) if x["samples"] >= 5 and x["span_s"] >= 15]
-    floors = [(s.t[0], min(s.rss) / MIB) for s in workers if s.t and s.t[0] >= since]
-    third = max(1, len(floors) // 3)
-    early = statistics.median(f for _, f in floors[:third]) if floors else None
-    late = statistics.median(f for _, f in floors[-third:]) if floors else None
+    fresh = [(g[0].t[0], min(min(s.rss) for s in g) / MIB) for g in _generations(workers) if g[0].t[0] >= since]
+    served = [(s.t[0], s.rss[-1] / MIB) for s in workers
+              if s.t and s.t[0] >= since and max(s.rss) - min(s.rss) > MIB]
+    fresh_early, fresh_late = _early_late(fresh, min)  # a generation may have no worker sampled unused
+    served_early, served_late = _early_late(served, statistics.median)
 
     def most(key: str, pick: Callable = max) -> float | None:
         return _round(pick(x[key] for x in lived)) if lived else None
     return {
-        "processes": len(workers), "long_lived_processes": len(lived),
+        "processes": len(workers), "long_lived_processes": len(lived), "generations": len(fresh),
         "rss_mib_max": round(max((max(s.rss) for s in workers if s.rss), default=0) / MIB, 2),
         "fds_max": max((max(s.fds) for s in workers if s.fds), default=0),
         "threads_max": max((max(s.threads) for s in workers if s.threads), default=0),
@@ -240,8 +262,10 @@ def worker_summary(workers: list[ProcSeries], since: float, excluded: list[Windo
         "per_process_rss_mib_per_min_max": most("rss_mib_per_min"),
         "per_process_fds_per_min_max": most("fds_per_min"),
         "per_process_threads_per_min_max": most("threads_per_min"),
-        "floor_rss_mib_early": _round(early, 2), "floor_rss_mib_late": _round(late, 2),
-        "floor_rss_mib_per_min": round(slope_per_minute([a for a, _ in floors], [b for _, b in floors]), 4),
+        "fresh_rss_mib_early": _round(fresh_early, 2), "fresh_rss_mib_late": _round(fresh_late, 2),
+        "fresh_rss_mib_per_min": round(slope_per_minute([a for a, _ in fresh], [b for _, b in fresh]), 4),
+        "served_rss_mib_early": _round(served_early, 2), "served_rss_mib_late": _round(served_late, 2),
+        "served_rss_mib_per_min": round(slope_per_minute([a for a, _ in served], [b for _, b in served]), 4),
     }
 
 

@@ -97,3 +97,22 @@ def test_the_overrun_case_always_overruns() -> None:
                - int.from_bytes(base[offset + 2:offset + 4], "big") for seed in range(2000)}
     assert claimed <= set(range(1, 201)) and len(claimed) > 150
     assert len(soakfaults._user_item()) not in claimed
+
+
+def _worker(start: float, fresh_mib: float, served_mib: float) -> soakwatch.ProcSeries:
+    t = [start + i for i in range(20)]
+    rss = [int(fresh_mib * (1 << 20))] * 2 + [int(served_mib * (1 << 20))] * 18
+    return soakwatch.ProcSeries(0, "worker", "0", t=t, rss=rss, fds=[5] * 20, threads=[1] * 20)
+
+
+@pytest.mark.parametrize("leak_per_generation_mib, flat", [(0.0, True), (1.0, False)])
+def test_worker_sizes_across_generations_show_a_leak_that_outlives_workers(leak_per_generation_mib: float,
+                                                                           flat: bool) -> None:
+    workers = [_worker(30.0 * g + 0.1 * i, 34 + g * leak_per_generation_mib, 41 + g * leak_per_generation_mib)
+               for g in range(9) for i in range(4)]
+    workers.append(_worker(95.0, 30.0, 30.0))  # a replacement never sampled unused in this generation
+    summary = soakwatch.worker_summary(workers, since=0.0, excluded=[])
+    assert summary["generations"] == 10
+    grew = (summary["fresh_rss_mib_late"] - summary["fresh_rss_mib_early"],
+            summary["served_rss_mib_late"] - summary["served_rss_mib_early"])
+    assert (grew[0] < 2 and grew[1] < 4) == flat, (summary, grew)
