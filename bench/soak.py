@@ -401,6 +401,10 @@ def main(argv: list[str] | None = None) -> int:
     pynetdicom_log.addHandler(logging.FileHandler(rundir / "pynetdicom.log"))
     pynetdicom_log.setLevel(logging.WARNING)
     pynetdicom_log.propagate = False
+    for stale in Scratch.reap_stale():
+        log(f"unmounted {stale}, left by a soak run that was killed")
+    # SIGTERM ends the run like Ctrl-C: the daemon is stopped and the tmpfs unmounted on the way out
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     workdir = Path(tempfile.mkdtemp(prefix="storescpd-soak-"))
     log(f"soak for {settings.duration:.0f} s; results in {rundir}")
     try:

@@ -9,6 +9,7 @@ import http.client
 import json
 import os
 import random
+import shutil
 import signal
 import socket
 import struct
@@ -24,16 +25,18 @@ from typing import Callable
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import dul  # noqa: E402  (a bench/ sibling)
 from soakload import CALLED_AE, HOST, Clock, Consumer  # noqa: E402
-from soakwatch import Sampler, proc_stat  # noqa: E402
+from soakwatch import Sampler, proc_stat, read_proc  # noqa: E402
 
 STORESCPD = str(Path(sys.executable).parent / "storescpd")
 
 # Adopt the listening sockets as fds 3 and 4 with LISTEN_PID set to the exec'd process, as systemd does
-# (through fresh duplicates, so that neither lands on the other; the originals are closed).
+# (through fresh duplicates, so that neither lands on the other; the originals are closed). The daemon
+# is stopped (SIGTERM) if the soak dies without stopping it.
 _ADOPT_EXEC = (
     "import os,sys; a, b = int(sys.argv[1]), int(sys.argv[2]); c, d = os.dup(a), os.dup(b); "
     "os.dup2(c, 3); os.dup2(d, 4); [os.close(fd) for fd in {a, b, c, d} - {3, 4}]; "
     "os.set_inheritable(3, True); os.set_inheritable(4, True); "
+    "import ctypes; ctypes.CDLL(None).prctl(1, 15); "  # PR_SET_PDEATHSIG: SIGTERM when the soak dies
     "os.environ['LISTEN_PID'] = str(os.getpid()); os.execv(sys.argv[3], sys.argv[3:])"
 )
 
@@ -214,19 +217,51 @@ class Filler:
 
 
 class Scratch:
-    """The output file system: a tmpfs this script mounts, unmounted on close (whatever happened)."""
+    """The output file system: a tmpfs this script mounts, unmounted on close (whatever happened).
+
+    A run killed outright (SIGKILL) cannot unmount: its mount names its owner, and the next run
+    unmounts any whose owner is gone (`reap_stale`)."""
+
+    SOURCE = "storescpd-soak"  # the mount's source in /proc/mounts
 
     def __init__(self, mountpoint: Path, size_mib: int) -> None:
         self.mountpoint = mountpoint
         mountpoint.mkdir(parents=True)
-        subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_mib}m,mode=0755", "soak", str(mountpoint)],
+        (mountpoint.parent / "owner").write_text(_identity(os.getpid()))
+        subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_mib}m,mode=0755", self.SOURCE, str(mountpoint)],
                        check=True, capture_output=True, text=True, timeout=30)
 
     def close(self) -> None:
-        result = subprocess.run(["umount", str(self.mountpoint)], capture_output=True, text=True, timeout=60)
-        if result.returncode != 0:  # something still holds it: detach now, freed when released
-            subprocess.run(["umount", "-l", str(self.mountpoint)], capture_output=True, timeout=60)
+        _unmount(self.mountpoint)
         self.mountpoint.rmdir()
+
+    @classmethod
+    def reap_stale(cls) -> list[str]:
+        """Unmount and remove the scratch of earlier runs whose process is gone; what was reaped."""
+        reaped = []
+        for line in (read_proc("/proc/mounts") or b"").decode().splitlines():
+            source, mountpoint = line.split()[:2]
+            owner = Path(mountpoint).parent / "owner"
+            if source != cls.SOURCE or not owner.exists():
+                continue
+            pid = int(owner.read_text().split()[0])
+            if _identity(pid) != owner.read_text():
+                _unmount(Path(mountpoint))
+                shutil.rmtree(Path(mountpoint).parent, ignore_errors=True)
+                reaped.append(mountpoint)
+        return reaped
+
+
+def _identity(pid: int) -> str:
+    """A process's pid and start time: a pid alone may be reused."""
+    stat = proc_stat(pid)
+    return f"{pid} {stat[19].decode() if stat else '-'}"
+
+
+def _unmount(mountpoint: Path) -> None:
+    result = subprocess.run(["umount", str(mountpoint)], capture_output=True, text=True, timeout=60)
+    if result.returncode != 0:  # something still holds it: detach now, freed when released
+        subprocess.run(["umount", "-l", str(mountpoint)], capture_output=True, timeout=60)
 
 
 # ------------------------------------------------------------------------------- malformed peers

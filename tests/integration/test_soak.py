@@ -35,9 +35,18 @@ def soak(tmp_path_factory: pytest.TempPathFactory) -> dict:
     out = tmp_path_factory.mktemp("soak")
     log = out / "soak.out"
     with open(log, "wb") as fh:
-        proc = subprocess.run([sys.executable, str(SOAK), "--duration", str(CI_SECONDS), "--out", str(out),
-                               "--note", "CI profile (tests/integration/test_soak.py)"],
-                              stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, timeout=400)
+        proc = subprocess.Popen([sys.executable, str(SOAK), "--duration", str(CI_SECONDS), "--out", str(out),
+                                 "--note", "CI profile (tests/integration/test_soak.py)"],
+                                stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        try:
+            proc.wait(330)
+        except subprocess.TimeoutExpired:  # SIGTERM first: the soak then stops its daemon and unmounts
+            proc.terminate()
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
     results_path = out / "soak.json"
     if not results_path.exists():
         tail = "\n".join(log.read_text(errors="replace").splitlines()[-40:])
