@@ -13,7 +13,8 @@ import threading
 import time
 from typing import Any, Sequence
 
-from storescpd.store import studies
+from storescpd.daemon import ipc
+from storescpd.store import journal, studies
 from storescpd.dicom import tls
 from storescpd.config.settings import Config, ConfigError
 from storescpd.daemon.listeners import bind_listener, inherited_sockets
@@ -28,11 +29,13 @@ def run(config: Config, argv: Sequence[str]) -> int:
     take_notify_socket()
     if config.inetd:
         studies.use_local(config)
-        return run_inetd(config)
+        with journal.local(config):
+            return run_inetd(config)
     inherited = inherited_sockets()
     if "connection" in inherited:
         studies.use_local(config)
-        serve_association(inherited["connection"][0], config)
+        with journal.local(config):
+            serve_association(inherited["connection"][0], config)
         return 0
     listeners = {role: socks for role, socks in inherited.items() if role != "connection"}
     api_sockets = listeners.pop("api", [])  # served by the API process, not by the DICOM accept loop
@@ -52,12 +55,14 @@ def run(config: Config, argv: Sequence[str]) -> int:
     tls.note_listeners(listeners)  # a dicom-tls listener keeps the dicom one plain
     if config.process_mode == "single":
         studies.use_local(config)  # study state and hooks in this process, as in DCMTK
-        return run_single(config, listeners)
+        with journal.local(config):  # its writer is a thread of this process
+            return run_single(config, listeners)
     from storescpd.control.plane import ControlPlane
     from storescpd.daemon.supervisor import Supervisor
 
     supervisor = Supervisor(config, argv, listeners)
     studies.SupervisorStudies(supervisor)  # study state spans workers and associations
+    journal.install(supervisor, ipc.WorkerChannel)  # a writer child; workers spool receipts
     try:
         ControlPlane(supervisor, api_sockets[0] if api_sockets else None).attach()
     except ConfigError as exc:

@@ -117,6 +117,7 @@ TLS_PROFILES: tuple[tuple[str, str, str, str], ...] = (
 LOG_LEVELS = ("fatal", "error", "warn", "info", "debug", "trace")
 PROCESS_MODES = ("prefork", "fork", "single")
 DUPLICATE_POLICIES = ("overwrite", "keep-first", "unique")
+JOURNAL_DIGESTS = ("none", "sha256")
 
 
 def _check_aetitle(value: str) -> str | None:
@@ -127,6 +128,15 @@ def _check_aetitle(value: str) -> str | None:
 
 def _check_command(value: str) -> str | None:
     return command_problem(value)
+
+
+def _check_journal(value: str) -> str | None:
+    path = Path(value)
+    if not value or value.endswith("/") or path.is_dir():
+        return f"must name a file, not the directory '{value}' (e.g. /var/lib/storescpd/journal.sqlite)"
+    if not path.absolute().parent.is_dir():
+        return f"'{value}': its directory {path.absolute().parent} does not exist (create it or choose another)"
+    return None
 
 
 NETWORK_PREF_FLAGS = tuple(
@@ -647,6 +657,26 @@ SETTINGS: tuple[Setting, ...] = (
         flags=(_value(None, "--api-token-file", "[f]ilename: string",
                       "require this bearer token on the API (mutating calls;\nevery call outside loopback)"),),
         reloadable=False,
+    ),
+    Setting(
+        "journal", None, "SQLite file of the receipt journal (one row per acknowledged object); unset: no journal",
+        G_DAEMON,
+        flags=(_value(None, "--journal", "[f]ilename: string",
+                      "record every acknowledged object in the SQLite journal f"),),
+        reloadable=False, check=_check_journal,
+    ),
+    Setting(
+        "journal_digest", "none", "none, or sha256: the journal records each file's SHA-256 (computed while "
+        "the data arrives)",
+        G_DAEMON,
+        flags=(_value(None, "--journal-digest", "[d]igest: string", "none (default) or sha256"),),
+        choices=JOURNAL_DIGESTS,
+    ),
+    Setting(
+        "journal_retention_days", 0, "days the journal keeps a receipt (0: forever)", G_DAEMON,
+        flags=(_value(None, "--journal-retention-days", "[n]umber: integer",
+                      "remove receipts older than n days (default: 0, never)"),),
+        type=int, minimum=0,
     ),
     Setting(
         "run_directory", None, "directory for the control socket; unset: a private temporary one", G_DAEMON,

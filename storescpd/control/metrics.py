@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 OUTCOMES = ("released", "aborted", "rejected")
 STORE_STATUSES = ("success", "warning", "failure")
 RELOAD_RESULTS = ("success", "failure")
+JOURNAL_ERROR_KINDS = ("spool", "database")
 # Why an association was rejected. The worker reports a sentence; it is mapped onto this set.
 REJECT_REASONS = ("refused", "no_implementation_uid", "local_limit", "access_denied", "other")
 _REJECT_PATTERNS = (("--refuse", "refused"), ("implementation class uid", "no_implementation_uid"),
@@ -72,6 +73,9 @@ class Metrics:
                                  registry=r)
         self.api_restarts = Counter("storescpd_api_restarts", "Control API processes restarted after exiting",
                                     registry=r)
+        self.journal_errors = Counter("storescpd_journal_errors", "Receipt journal failures: a receipt not spooled "
+                                      "(kept in memory) or the journal database not written (kept in the spool)",
+                                      ["kind"], registry=r)
         for outcome in OUTCOMES:
             self.associations.labels(outcome)
         for reason in REJECT_REASONS:
@@ -82,6 +86,8 @@ class Metrics:
             self.reloads.labels(result)
         for reason in TLS_FAILURE_REASONS:
             self.tls_failures.labels(reason)
+        for kind in JOURNAL_ERROR_KINDS:
+            self.journal_errors.labels(kind)
         self.last_reload_ok = True
         # Bytes already counted per worker pid for its running association (progress is cumulative).
         self._bytes_seen: dict[int, int] = {}
@@ -130,6 +136,9 @@ class Metrics:
 
     def _on_tls_handshake_failed(self, data: dict[str, Any], child: "Child | None") -> None:
         self.tls_failures.labels(_one_of(data.get("reason"), TLS_FAILURE_REASONS, "other")).inc()
+
+    def _on_journal_error(self, data: dict[str, Any], child: "Child | None") -> None:
+        self.journal_errors.labels(_one_of(data.get("kind"), JOURNAL_ERROR_KINDS, "database")).inc()
 
     def _on_connection_timed_out(self, data: dict[str, Any], child: "Child | None") -> None:
         self.timed_out.inc()

@@ -370,6 +370,8 @@ class ApiProcess:
                 "--control", str(self.control_path), "--describe", self.description, "--log-level", level]
         if self.token_file:
             args += ["--api-token-file", self.token_file]
+        if self.supervisor.config.journal:  # the API reads the receipt journal itself
+            args += ["--journal", os.path.abspath(self.supervisor.config.journal)]
         return args
 
     def _exec(self, channel: socket.socket) -> None:

@@ -29,6 +29,7 @@ from typing import Any, Callable, Protocol
 
 from storescpd.config.settings import Config
 from storescpd.config.commands import command_warnings, split_command
+from storescpd.store import journal
 from storescpd.store.hooks import HookRequest, HookRunner, OptionInjection, environment, substitute
 from storescpd.dicom.sop_classes import file_prefix
 from storescpd.store.storage import UnsafeName, fsync_dir
@@ -180,6 +181,7 @@ def rename_study(directory: Path, files: list[dict[str, str]], fsync: bool) -> l
         done.append((old, new))
     if done and fsync:
         fsync_dir(directory)
+    journal.moved(directory, done)  # the receipts' paths follow the files
     return done
 
 
@@ -214,13 +216,15 @@ class TrackerSettings:
     output_directory: str  # as configured: #p is built from it, as DCMTK does
     on_reception: bool
     on_end_of_study: bool
+    journal: bool = False  # the receipt journal hears of each end of study ("ended" action)
 
     @classmethod
     def from_config(cls, config: Config) -> "TrackerSettings":
         sort = config.sort or [None, ""]
         return cls(sort[0], sort[1] if len(sort) > 1 else "", bool(config.rename_on_eostudy),
                    float(config.eostudy_timeout or 0), str(config.output_directory),
-                   bool(config.exec_on_reception), bool(config.exec_on_eostudy))
+                   bool(config.exec_on_reception), bool(config.exec_on_eostudy),
+                   bool(getattr(config, "journal", None)))
 
 
 class StudyTracker:
@@ -335,6 +339,8 @@ class StudyTracker:
         if self.settings.on_end_of_study:
             actions.append(_hook(END_OF_STUDY, {**study.values,
                                                 "path": self._path(study.folder, study.output_directory)}))
+        if self.settings.journal:
+            actions.append({"action": "ended", "study_uid": study.uid})
         return actions
 
     def _path(self, folder: str, output_directory: str | None = None) -> str:
@@ -440,6 +446,9 @@ class StudyService:
         for action in actions:
             if action["action"] == "rename":
                 rename_study(Path(action["directory"]), action["files"], self.config.fsync)
+                continue
+            if action["action"] == "ended":
+                journal.study_ended(action["study_uid"])
                 continue
             if hand_back:
                 handed_back.append(action)

@@ -18,6 +18,7 @@ from pydantic import BaseModel, Field
 from storescpd import __version__
 from storescpd.config.settings import ConfigError
 from storescpd.config.api_address import read_token
+from storescpd.control.api import receipts
 
 LOG = logging.getLogger("storescpd.api")
 
@@ -152,11 +153,13 @@ class TokenCheck:
         return bool(presented and self._token) and hmac.compare_digest(presented.encode(), self._token.encode())
 
 
-def create_app(control_path: str, token_file: str | None = None, exposed: bool = False) -> FastAPI:
+def create_app(control_path: str, token_file: str | None = None, exposed: bool = False,
+               journal: str | None = None) -> FastAPI:
     """The API on the supervisor's control socket ``control_path``.
 
     With ``token_file``, mutating calls need ``Authorization: Bearer <token>``; when
-    ``exposed`` (TCP outside loopback) every call but the health probes needs it.
+    ``exposed`` (TCP outside loopback) every call but the health probes needs it. ``journal``: the
+    receipt journal's file (/receipts, /studies), or None when the daemon runs without one.
     """
     app = FastAPI(
         title="storescpd control API", version=__version__,
@@ -182,6 +185,8 @@ def create_app(control_path: str, token_file: str | None = None, exposed: bool =
         return Depends(check)
 
     read, write = guard(False), guard(True)
+    # The receipt journal: read from its SQLite file by this process (the supervisor never opens it).
+    app.include_router(receipts.router(journal, Problem), dependencies=[read], responses=unauthorized)
 
     @app.get("/healthz", response_model=Health, tags=["probes"], summary="The API process is up")
     async def healthz() -> dict[str, str]:

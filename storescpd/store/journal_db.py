@@ -1,0 +1,366 @@
+"""The receipt journal's database: what the rest of storescpd needs of it, and SQLite behind that.
+
+``JournalDatabase`` is the interface (the writer, ``journal rebuild`` and the API use nothing
+else); ``SqliteJournal`` implements it with the statements of ``journal_sql``. A PostgreSQL
+backend implements the same methods with the same statements.
+
+One process writes (the journal writer: see ``journal``), any number read. SQLite runs in WAL
+mode, so readers never wait for the writer nor the writer for them.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import os
+import re
+import sqlite3
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Iterator, Protocol, Sequence
+from urllib.parse import quote
+
+from storescpd.store import journal_sql as sql
+
+LOG = logging.getLogger("storescpd.journal")
+
+SCHEMA_VERSION = len(sql.MIGRATIONS)
+Record = dict[str, Any]  # one line of the spool: {"op": "receipt" | "moved" | "study_ended", ...}
+
+_TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
+
+
+# ---- times and cursors ------------------------------------------------------------------------
+def utc_text(seconds: float) -> str:
+    """``2024-05-01T14:02:00.123Z``: how the journal writes a time (UTC, milliseconds)."""
+    whole = int(seconds)
+    millis = int((seconds - whole) * 1000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)) + f".{millis:03d}Z"
+
+
+def parse_time(text: str) -> str:
+    """An ISO 8601 date or time (``2024-05-01``, ``2024-05-01T14:02``, ``...Z``, ``...+02:00``) as
+    the journal writes times; one without an offset is UTC. ValueError names what is wrong."""
+    value = text.strip()
+    if value[-1:] in ("Z", "z"):
+        value = value[:-1] + "+00:00"
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise ValueError(f"'{text}' is not an ISO 8601 date or time (e.g. 2024-05-01T14:02:00Z)") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return utc_text(moment.timestamp())
+
+
+def encode_cursor(when: str, key: str | int) -> str:
+    """An opaque cursor: where the next page starts (after this time and tie-breaking key)."""
+    return base64.urlsafe_b64encode(f"{when}|{key}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str, integer_key: bool) -> tuple[str, str | int]:
+    """(time, key) of a cursor this module made; ValueError for anything else."""
+    try:
+        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        when, key = text.split("|", 1)
+        if not _TIME.fullmatch(when):
+            raise ValueError
+        return when, (int(key) if integer_key else key)
+    except ValueError:  # binascii.Error and UnicodeDecodeError are ValueErrors too
+        raise ValueError("not a cursor of this journal (use next_cursor of the previous page)") from None
+
+
+# ---- the interface --------------------------------------------------------------------------------
+class JournalUnavailable(Exception):
+    """The journal cannot be read now; the message says why and what to do."""
+
+
+@dataclass
+class ReceiptQuery:
+    """A page of GET /receipts: equality filters (columns of journal_sql.FILTERS), a window."""
+
+    filters: dict[str, str] = field(default_factory=dict)
+    since: str | None = None
+    until: str | None = None
+    cursor: str | None = None
+    limit: int = 100
+
+
+class JournalDatabase(Protocol):
+    """What storescpd needs of the database holding the journal."""
+
+    def migrate(self) -> int:
+        """Create or update the schema; the version now."""
+
+    def apply(self, records: Sequence[Record], spool: str | None = None, done: int = 0) -> None:
+        """Write records in one transaction, with the progress ``done`` of spool file ``spool``."""
+
+    def spool_done(self, name: str) -> int:
+        """How many bytes of spool file ``name`` are in the journal already."""
+
+    def forget_spools(self, gone: Callable[[str], bool], before: str) -> None:
+        """Drop the progress of spool files untouched since ``before`` that are ``gone``."""
+
+    def prune(self, before: str, limit: int) -> int:
+        """Remove up to ``limit`` of the oldest receipts received before ``before``; how many."""
+
+    def path_known(self, path: str) -> bool:
+        """Whether a receipt names this file."""
+
+    def clear(self) -> None:
+        """Remove every receipt and study."""
+
+    def receipts(self, query: ReceiptQuery) -> tuple[list[dict[str, Any]], str | None]:
+        """A page of receipts, newest first, and the cursor of the next page."""
+
+    def latest(self, sop_instance_uid: str) -> dict[str, Any] | None:
+        """The newest receipt of a SOP instance."""
+
+    def studies(self, since: str | None, cursor: str | None, limit: int) -> tuple[list[dict[str, Any]], str | None]:
+        """A page of studies, the most recently active first, and the next cursor."""
+
+    def close(self) -> None: ...
+
+
+# ---- SQLite ------------------------------------------------------------------------------------------
+class SqliteJournal:
+    """The journal in an SQLite file (WAL mode)."""
+
+    def __init__(self, path: str | os.PathLike[str], readonly: bool = False, busy_timeout: float = 5.0) -> None:
+        self.path = str(path)
+        if readonly:
+            if not os.path.exists(self.path):
+                raise JournalUnavailable(f"the journal {self.path} does not exist yet (the daemon creates it "
+                                         "when it starts, storescpd journal rebuild when it runs)")
+            uri = f"file:{quote(os.path.abspath(self.path))}?mode=ro"
+            self.db = sqlite3.connect(uri, uri=True, timeout=busy_timeout, isolation_level=None,
+                                      check_same_thread=False)
+            self.db.execute("PRAGMA query_only = ON")
+            self._check_version()
+        else:
+            self.db = sqlite3.connect(self.path, timeout=busy_timeout, isolation_level=None)
+            self.db.execute("PRAGMA journal_mode = WAL")
+            # One writer commits a batch at a time: a sync per commit is cheap and keeps the
+            # journal's last batches across a power loss.
+            self.db.execute("PRAGMA synchronous = FULL")
+
+    def close(self) -> None:
+        self.db.close()
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.db
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+
+    # -- schema -----------------------------------------------------------------------------
+    def version(self) -> int:
+        try:
+            row = self.db.execute(sql.SCHEMA_VERSION).fetchone()
+        except sqlite3.OperationalError as exc:
+            if "no such table" in str(exc):
+                return 0
+            raise
+        return int(row[0]) if row else 0
+
+    def _check_version(self) -> None:
+        try:
+            version = self.version()
+        except sqlite3.DatabaseError as exc:
+            raise JournalUnavailable(f"cannot read the journal {self.path}: {exc} (restore it from a backup or "
+                                     "move it away and run storescpd journal rebuild)") from None
+        if version == 0:
+            raise JournalUnavailable(f"the journal {self.path} has no tables yet (the daemon creates them when "
+                                     "it starts)")
+        if version > SCHEMA_VERSION:
+            raise self._too_new(version)
+
+    def _too_new(self, version: int) -> JournalUnavailable:
+        return JournalUnavailable(f"the journal {self.path} has schema version {version}, newer than this storescpd "
+                                  f"knows ({SCHEMA_VERSION}): run the storescpd that wrote it")
+
+    def migrate(self) -> int:
+        self.db.execute(sql.SCHEMA_VERSION_TABLE)
+        while True:
+            # The version is read in the migration's own transaction: two processes starting
+            # together (--inetd) migrate once.
+            with self._transaction() as db:
+                version = self.version()
+                if version > SCHEMA_VERSION:
+                    raise self._too_new(version)
+                if version == SCHEMA_VERSION:
+                    return version
+                for statement in sql.MIGRATIONS[version]:
+                    db.execute(statement)
+                db.execute(sql.SCHEMA_VERSION_SET if version else sql.SCHEMA_VERSION_FIRST, (version + 1,))
+            LOG.info("journal %s: schema version %d", self.path, version + 1)
+
+    # -- writing ------------------------------------------------------------------------------
+    def apply(self, records: Sequence[Record], spool: str | None = None, done: int = 0) -> None:
+        with self._transaction() as db:
+            for record in records:
+                # One bad record (a bug, a spool line from a future version) must not stop the
+                # records behind it forever: it is rolled back alone and reported.
+                db.execute("SAVEPOINT record")
+                try:
+                    _apply(db, record)
+                except (sqlite3.IntegrityError, sqlite3.InterfaceError, sqlite3.ProgrammingError,
+                        ValueError, TypeError, KeyError) as exc:
+                    db.execute("ROLLBACK TO record")
+                    LOG.error("journal: record left out (%s: %s): %.300r", type(exc).__name__, exc, record)
+                db.execute("RELEASE record")
+            if spool is not None:
+                db.execute(sql.SPOOL_PROGRESS, (spool, done, utc_text(time.time())))
+
+    def spool_done(self, name: str) -> int:
+        row = self.db.execute(sql.SPOOL_DONE, (name,)).fetchone()
+        return int(row[0]) if row else 0
+
+    def forget_spools(self, gone: Callable[[str], bool], before: str) -> None:
+        names = [row[0] for row in self.db.execute(sql.SPOOL_OLD, (before,))]
+        forgotten = [(name,) for name in names if gone(name)]
+        if forgotten:
+            with self._transaction() as db:
+                db.executemany(sql.SPOOL_FORGET, forgotten)
+
+    def prune(self, before: str, limit: int) -> int:
+        with self._transaction() as db:
+            rows = db.execute(sql.OLDEST_BEFORE, (before, limit)).fetchall()
+            db.executemany(sql.DELETE_RECEIPT, [(row[0],) for row in rows])
+            for study in sorted({row[1] for row in rows if row[1]}):
+                _recount_study(db, study)
+        return len(rows)
+
+    def path_known(self, path: str) -> bool:
+        return self.db.execute(sql.PATH_KNOWN, (_text(path),)).fetchone() is not None
+
+    def clear(self) -> None:
+        with self._transaction() as db:
+            for statement in sql.CLEAR:
+                db.execute(statement)
+
+    # -- reading ---------------------------------------------------------------------------------
+    def receipts(self, query: ReceiptQuery) -> tuple[list[dict[str, Any]], str | None]:
+        filters = tuple(query.filters)
+        params: list[Any] = list(query.filters.values())
+        params += [value for value in (query.since, query.until) if value is not None]
+        if query.cursor is not None:
+            when, key = decode_cursor(query.cursor, integer_key=True)
+            params += [when, when, key]
+        statement = sql.receipts_query(filters, query.since is not None, query.until is not None,
+                                       query.cursor is not None)
+        rows = self.db.execute(statement, (*params, query.limit + 1)).fetchall()
+        page = [_receipt(row) for row in rows[:query.limit]]
+        more = len(rows) > query.limit
+        return page, (encode_cursor(rows[query.limit - 1][1], rows[query.limit - 1][0]) if more else None)
+
+    def latest(self, sop_instance_uid: str) -> dict[str, Any] | None:
+        row = self.db.execute(sql.LATEST_RECEIPT, (sop_instance_uid,)).fetchone()
+        return _receipt(row) if row else None
+
+    def studies(self, since: str | None, cursor: str | None, limit: int) -> tuple[list[dict[str, Any]], str | None]:
+        params: list[Any] = [since] if since is not None else []
+        if cursor is not None:
+            when, key = decode_cursor(cursor, integer_key=False)
+            params += [when, when, key]
+        rows = self.db.execute(sql.studies_query(since is not None, cursor is not None),
+                               (*params, limit + 1)).fetchall()
+        page = [dict(zip(sql.STUDY_COLUMNS, row)) for row in rows[:limit]]
+        senders: dict[str, list[str]] = {study["study_instance_uid"]: [] for study in page}
+        if page:
+            for uid, calling_ae in self.db.execute(sql.senders_of(len(page)), tuple(senders)):
+                senders[uid].append(calling_ae)
+        for study in page:
+            study["calling_aes"] = senders[study["study_instance_uid"]]
+            study["ended"] = bool(study["ended"])
+        more = len(rows) > limit
+        last = page[-1] if page else None
+        return page, (encode_cursor(last["last_received"], last["study_instance_uid"]) if more and last else None)
+
+
+def _receipt(row: Sequence[Any]) -> dict[str, Any]:
+    return dict(zip(sql.RECEIPT_COLUMNS, row[1:]))
+
+
+def _apply(db: sqlite3.Connection, record: Record) -> None:
+    op = record.get("op")
+    if op == "receipt":
+        _insert_receipt(db, record)
+    elif op == "moved":
+        db.executemany(sql.MOVE_PATH, [(_text(new), _text(old)) for old, new in record["moves"]])
+    elif op == "study_ended":
+        db.execute(sql.STUDY_ENDED, (record["study_instance_uid"],))
+    else:
+        raise ValueError(f"unknown record kind {op!r}")
+
+
+def _insert_receipt(db: sqlite3.Connection, record: Record) -> None:
+    for required in ("received_at", "sop_class_uid", "sop_instance_uid"):
+        if not isinstance(record.get(required), str) or not record[required]:
+            raise ValueError(f"{required} missing")
+    if not isinstance(record.get("status"), int):
+        raise ValueError("status missing")
+    values = tuple(_text(record.get(column)) for column in sql.RECEIPT_COLUMNS)
+    received_at, size = record["received_at"], record.get("size") or 0
+    study = record.get("study_instance_uid")
+    previous = db.execute(sql.LATEST_IN_STUDY, (study, record["sop_instance_uid"])).fetchone() if study else None
+    db.execute(sql.INSERT_RECEIPT, values)
+    if not study:
+        return
+    if previous is None:
+        objects, added = 1, size
+    elif received_at >= previous[0]:  # a newer copy of an instance the study has: its size counts now
+        objects, added = 0, size - (previous[1] or 0)
+    else:
+        objects, added = 0, 0
+    path = record.get("path")
+    directory = os.path.dirname(path) if path else None
+    db.execute(sql.UPSERT_STUDY, (study, _text(record.get("patient_id")), objects, added, received_at, received_at,
+                                  _text(directory)))
+    if record.get("calling_ae"):
+        db.execute(sql.ADD_SENDER, (study, _text(record["calling_ae"])))
+
+
+def _recount_study(db: sqlite3.Connection, study: str) -> None:
+    count, first, last = db.execute(sql.STUDY_TIMES, (study,)).fetchone()
+    db.execute(sql.SENDERS_DELETE, (study,))
+    if not count:
+        db.execute(sql.STUDY_DELETE, (study,))
+        return
+    objects, size = db.execute(sql.STUDY_OBJECTS, (study,)).fetchone()
+    db.execute(sql.STUDY_RECOUNT, (objects, size, first, last, study))
+    db.execute(sql.SENDERS_RECOUNT, (study,))
+
+
+def _text(value: Any) -> Any:
+    """A string SQLite can store as UTF-8: a file name that is no UTF-8 (surrogate escapes) keeps
+    its other characters, the undecodable bytes become U+FFFD."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    return value
+
+
+def open_for_writing(path: str | os.PathLike[str]) -> SqliteJournal:
+    """The journal at ``path``, created or migrated to this version's schema."""
+    journal = SqliteJournal(path)
+    try:
+        journal.migrate()
+    except BaseException:
+        journal.close()
+        raise
+    return journal
+
+
+def sqlite_path(configured: str | os.PathLike[str]) -> Path:
+    """The journal file for the ``journal`` setting (relative to the working directory)."""
+    return Path(os.path.abspath(configured))
