@@ -28,6 +28,7 @@ from storescpd.store import journal_sql as sql
 LOG = logging.getLogger("storescpd.journal")
 
 SCHEMA_VERSION = len(sql.MIGRATIONS)
+LOGGED_BAD_RECORDS = 10  # per batch: a bug that spoils every record must not flood the log
 Record = dict[str, Any]  # one line of the spool: {"op": "receipt" | "moved" | "study_ended", ...}
 
 _TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
@@ -204,18 +205,31 @@ class SqliteJournal:
 
     # -- writing ------------------------------------------------------------------------------
     def apply(self, records: Sequence[Record], spool: str | None = None, done: int = 0) -> None:
+        try:
+            self._write(records, spool, done, one_by_one=False)
+        except _BAD_RECORD:
+            # One bad record (a bug, a spool line of a future version, a file name that is no
+            # UTF-8) must not hold up the records behind it: again, each record on its own.
+            self._write(records, spool, done, one_by_one=True)
+
+    def _write(self, records: Sequence[Record], spool: str | None, done: int, one_by_one: bool) -> None:
+        left_out = 0
         with self._transaction() as db:
             for record in records:
-                # One bad record (a bug, a spool line from a future version) must not stop the
-                # records behind it forever: it is rolled back alone and reported.
+                if not one_by_one:
+                    _apply(db, record, clean=False)
+                    continue
                 db.execute("SAVEPOINT record")
                 try:
-                    _apply(db, record)
-                except (sqlite3.IntegrityError, sqlite3.InterfaceError, sqlite3.ProgrammingError,
-                        ValueError, TypeError, KeyError) as exc:
+                    _apply(db, record, clean=True)
+                except _BAD_RECORD as exc:
                     db.execute("ROLLBACK TO record")
-                    LOG.error("journal: record left out (%s: %s): %.300r", type(exc).__name__, exc, record)
+                    left_out += 1
+                    if left_out <= LOGGED_BAD_RECORDS:
+                        LOG.error("journal: record left out (%s: %s): %.300r", type(exc).__name__, exc, record)
                 db.execute("RELEASE record")
+            if left_out > LOGGED_BAD_RECORDS:
+                LOG.error("journal: %d more records of this batch left out", left_out - LOGGED_BAD_RECORDS)
             if spool is not None:
                 db.execute(sql.SPOOL_PROGRESS, (spool, done, utc_text(time.time())))
 
@@ -289,29 +303,35 @@ def _receipt(row: Sequence[Any]) -> dict[str, Any]:
     return dict(zip(sql.RECEIPT_COLUMNS, row[1:]))
 
 
-def _apply(db: sqlite3.Connection, record: Record) -> None:
+_BAD_RECORD = (sqlite3.IntegrityError, sqlite3.InterfaceError, sqlite3.ProgrammingError, ValueError, TypeError,
+               KeyError)  # UnicodeEncodeError is a ValueError
+
+
+def _apply(db: sqlite3.Connection, record: Record, clean: bool) -> None:
     op = record.get("op")
     if op == "receipt":
-        _insert_receipt(db, record)
+        _insert_receipt(db, record, clean)
     elif op == "moved":
-        db.executemany(sql.MOVE_PATH, [(_text(new), _text(old)) for old, new in record["moves"]])
+        db.executemany(sql.MOVE_PATH, [(_text(new), _text(old)) if clean else (new, old)
+                                       for old, new in record["moves"]])
     elif op == "study_ended":
         db.execute(sql.STUDY_ENDED, (record["study_instance_uid"],))
     else:
         raise ValueError(f"unknown record kind {op!r}")
 
 
-def _insert_receipt(db: sqlite3.Connection, record: Record) -> None:
+def _insert_receipt(db: sqlite3.Connection, record: Record, clean: bool) -> None:
     for required in ("received_at", "sop_class_uid", "sop_instance_uid"):
         if not isinstance(record.get(required), str) or not record[required]:
             raise ValueError(f"{required} missing")
     if not isinstance(record.get("status"), int):
         raise ValueError("status missing")
-    values = tuple(_text(record.get(column)) for column in sql.RECEIPT_COLUMNS)
+    values = tuple(record.get(column) for column in sql.RECEIPT_COLUMNS)
+    text = _text if clean else _same
     received_at, size = record["received_at"], record.get("size") or 0
     study = record.get("study_instance_uid")
     previous = db.execute(sql.LATEST_IN_STUDY, (study, record["sop_instance_uid"])).fetchone() if study else None
-    db.execute(sql.INSERT_RECEIPT, values)
+    db.execute(sql.INSERT_RECEIPT, tuple(map(text, values)) if clean else values)
     if not study:
         return
     if previous is None:
@@ -322,10 +342,10 @@ def _insert_receipt(db: sqlite3.Connection, record: Record) -> None:
         objects, added = 0, 0
     path = record.get("path")
     directory = os.path.dirname(path) if path else None
-    db.execute(sql.UPSERT_STUDY, (study, _text(record.get("patient_id")), objects, added, received_at, received_at,
-                                  _text(directory)))
+    db.execute(sql.UPSERT_STUDY, (study, text(record.get("patient_id")), objects, added, received_at, received_at,
+                                  text(directory)))
     if record.get("calling_ae"):
-        db.execute(sql.ADD_SENDER, (study, _text(record["calling_ae"])))
+        db.execute(sql.ADD_SENDER, (study, text(record["calling_ae"])))
 
 
 def _recount_study(db: sqlite3.Connection, study: str) -> None:
@@ -337,6 +357,10 @@ def _recount_study(db: sqlite3.Connection, study: str) -> None:
     objects, size = db.execute(sql.STUDY_OBJECTS, (study,)).fetchone()
     db.execute(sql.STUDY_RECOUNT, (objects, size, first, last, study))
     db.execute(sql.SENDERS_RECOUNT, (study,))
+
+
+def _same(value: Any) -> Any:
+    return value
 
 
 def _text(value: Any) -> Any:

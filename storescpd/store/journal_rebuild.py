@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from collections.abc import MutableSequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,10 +83,12 @@ def _receipt_of(path: Path, digest: bool) -> Record | None:
     from pydicom.errors import InvalidDicomError
 
     try:
-        try:
-            ds = dcmread(path, stop_before_pixels=True, defer_size=1024)
-        except InvalidDicomError:  # no preamble: a bare data set, as -B/+F write none
-            ds = dcmread(path, stop_before_pixels=True, defer_size=1024, force=True)
+        with warnings.catch_warnings():  # pydicom's guesses about what is no DICOM: the summary says enough
+            warnings.simplefilter("ignore")
+            try:
+                ds = dcmread(path, stop_before_pixels=True, defer_size=1024)
+            except InvalidDicomError:  # no preamble: a bare data set, as storescp -F writes it
+                ds = dcmread(path, stop_before_pixels=True, defer_size=1024, force=True)
         meta = getattr(ds, "file_meta", None)
         values = {
             "sop_class_uid": _text(meta, "MediaStorageSOPClassUID") or _text(ds, "SOPClassUID"),
