@@ -14,13 +14,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import (DCMTK, PEER_ENV, ROOT, STORESCPD, TEST_FILES, Daemon, echoscu, free_port,
-                            require_dcmtk, stop_process, storescu, wait_listening)
-from tests.integration.test_daemon import children_of, make_object
+from tests.support.api import Api, api_daemon, sample
+from tests.support.daemons import Daemon
+from tests.support.dicomfiles import make_object
+from tests.support.paths import DCMTK, ROOT, STORESCPD, TEST_FILES
+from tests.support.peers import PEER_ENV, echoscu, require_dcmtk, storescu
+from tests.support.processes import children_of, free_port, stop_process, wait_listening
 
 TOKEN = "0123456789abcdef0123456789abcdef"
 
@@ -30,45 +31,6 @@ def setup_module() -> None:
 
 
 # ---- helpers -------------------------------------------------------------------------------------
-class Api:
-    def __init__(self, base: str = "", uds: str | None = None, token: str | None = None) -> None:
-        transport = httpx.HTTPTransport(uds=uds) if uds else None
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self.client = httpx.Client(base_url=base or "http://storescpd", transport=transport, timeout=15,
-                                   headers=headers)
-
-    def get(self, path: str, **kw: Any) -> httpx.Response:
-        return self.client.get(path, **kw)
-
-    def wait_up(self, timeout: float = 20.0) -> "Api":
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                if self.client.get("/readyz").status_code == 200:
-                    return self
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
-        raise AssertionError("the API did not become ready")
-
-    def metrics(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-        response = self.client.get("/metrics")
-        assert response.status_code == 200
-        assert response.headers["content-type"].startswith("text/plain")
-        return {(s.name, tuple(sorted(s.labels.items()))): s.value
-                for family in text_string_to_metric_families(response.text) for s in family.samples}
-
-
-def sample(metrics: dict, name: str, **labels: str) -> float:
-    return metrics.get((name, tuple(sorted(labels.items()))), 0.0)
-
-
-def api_daemon(daemon_factory, *args: str) -> tuple[Daemon, Api]:
-    port = free_port()
-    d = daemon_factory("--api", f"127.0.0.1:{port}", *args)
-    return d, Api(f"http://127.0.0.1:{port}").wait_up()
-
-
 def api_pid(d: Daemon) -> int:
     for pid in children_of(d.pid):
         try:

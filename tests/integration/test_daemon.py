@@ -8,63 +8,23 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
-import random
 import pydicom
 import pytest
-from pydicom.dataset import FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
-from tests.conftest import (DCMTK, PEER_ENV, STORESCPD, TEST_FILES, Daemon, NotifyListener, echoscu, require_dcmtk,
-                            stop_process, storescu, wait_listening)
+from tests.support.daemons import NotifyListener
+from tests.support.dicomfiles import make_object
+from tests.support.paths import DCMTK, STORESCPD, TEST_FILES
+from tests.support.pdus import associate_rq
+from tests.support.peers import PEER_ENV, echoscu, require_dcmtk, start_storescu, storescu
+from tests.support.processes import children_of, free_port, stop_process, wait_listening
 
 
 def setup_module() -> None:
     require_dcmtk()
-
-
-def make_object(path: Path, megabytes: int, seed: int = 0, columns: int | None = None) -> Path:
-    """A Secondary Capture object with about `megabytes` MB of pixel data (or `columns` x 1024 pixels)."""
-    rows = 1024
-    cols = columns or 512  # 16-bit: 1024 x 512 x 2 bytes = 1 MiB per frame
-    frames = 1 if columns else megabytes
-    ds = pydicom.Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.file_meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    ds.SOPClassUID = SecondaryCaptureImageStorage
-    ds.SOPInstanceUID = generate_uid()
-    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    ds.StudyInstanceUID = generate_uid()
-    ds.SeriesInstanceUID = generate_uid()
-    ds.Modality = "OT"
-    ds.PatientName = "Test^Big"
-    ds.Rows, ds.Columns = rows, cols
-    ds.NumberOfFrames = frames
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.BitsAllocated = ds.BitsStored = 16
-    ds.HighBit = 15
-    ds.PixelRepresentation = 0
-    rng = random.Random(seed)
-    ds.PixelData = b"".join(rng.randbytes(rows * cols * 2) for _ in range(frames))
-    ds.save_as(path, enforce_file_format=True)
-    return path
-
-
-def start_storescu(port: int, path: Path) -> subprocess.Popen:
-    """DCMTK's storescu sending one file, in the background."""
-    return subprocess.Popen([str(DCMTK / "storescu"), "127.0.0.1", str(port), str(path)], env=PEER_ENV,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-
-
-def children_of(pid: int) -> list[int]:
-    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True).stdout
-    return [int(x) for x in out.split()]
 
 
 def worker_pids_in_log(log: str) -> list[int]:
@@ -139,8 +99,6 @@ class SlowSender:
     """Sends the start of an A-ASSOCIATE-RQ a byte at a time (a slow-loris peer), in a thread."""
 
     def __init__(self, port: int, interval: float) -> None:
-        from tests.integration.test_protocol_abuse import associate_rq
-
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=30)
         self.request = associate_rq()
         self.interval = interval
@@ -425,8 +383,6 @@ def _socket_activate(args: list[str], tmp_path: Path, port: int, extra: list[str
 def test_socket_activation(tmp_path: Path, extra: list[str], args: list[str]) -> None:
     if shutil.which("systemd-socket-activate") is None:
         pytest.fail("systemd-socket-activate missing: apt-get install systemd (.ci/run does this)")
-    from tests.conftest import free_port
-
     out = tmp_path / "out"
     out.mkdir()
     port = free_port()

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from tests.conftest import require_dcmtk
-from tests.integration.test_differential import accepted_contexts
+from tests.support.peers import accepted_contexts, require_dcmtk
 
 PRIVATE_CLASS = "1.2.826.0.1.3680043.10.5.99"
 

@@ -15,7 +15,6 @@ sender that puts the files' bytes on the wire unchanged) to both, and compares w
 from __future__ import annotations
 
 import re
-import struct
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -28,7 +27,10 @@ import pytest
 from pydicom.uid import ExplicitVRLittleEndian
 
 from storescpd.store.convert import dataset_elements
-from tests.conftest import DCMTK, ROOT, STORESCPD, TEST_FILES, free_port, require_dcmtk, storescu
+from tests.support.dicomfiles import crafted_bytes, split_meta
+from tests.support.paths import DCMTK, ROOT, STORESCPD, TEST_FILES
+from tests.support.peers import accepted_contexts, require_dcmtk, storescu
+from tests.support.processes import free_port
 
 # Files with distinct SOP Instance UIDs, sendable by storescu, accepted by storescp's default list.
 BATCH = ["CT_small.dcm", "MR_small.dcm", "rtplan.dcm", "rtstruct.dcm", "rtdose.dcm", "waveform_ecg.dcm",
@@ -106,39 +108,6 @@ def setup_module() -> None:
 
 # --- inputs -----------------------------------------------------------------------------------
 
-def _el(tag: int, vr: bytes, value: bytes, length: int | None = None) -> bytes:
-    n = len(value) if length is None else length
-    if vr in (b"OB", b"OW", b"SQ", b"UT", b"UN"):
-        return struct.pack("<HH2sHI", tag >> 16, tag & 0xFFFF, vr, 0, n) + value
-    return struct.pack("<HH2sH", tag >> 16, tag & 0xFFFF, vr, n) + value
-
-
-def _undefined_sq(tag: int, items: list[bytes]) -> bytes:
-    body = b"".join(struct.pack("<HHI", 0xFFFE, 0xE000, 0xFFFFFFFF) + i + struct.pack("<HHI", 0xFFFE, 0xE00D, 0)
-                    for i in items)
-    return _el(tag, b"SQ", body + struct.pack("<HHI", 0xFFFE, 0xE0DD, 0), 0xFFFFFFFF)
-
-
-def crafted_bytes(uid: str) -> bytes:
-    """Explicit VR LE, byte by byte: what DCMTK's normal mode re-encodes (undefined lengths,
-    a wrong group length, UN for a known tag, UT, private UN)."""
-    sc = b"1.2.840.10008.5.1.4.1.1.7\0"
-    uidb = uid.encode() + b"\0" * (len(uid) % 2)
-    item = _el(0x00080100, b"SH", b"121 ") + _el(0x00080104, b"LO", b"Odd ")
-    group8 = (_el(0x00080005, b"CS", b"ISO_IR 100") + _el(0x00080016, b"UI", sc) + _el(0x00080018, b"UI", uidb)
-              + _el(0x00080060, b"CS", b"OT") + _undefined_sq(0x00081032, [item, b""]))
-    ds = (_el(0x00080000, b"UL", struct.pack("<I", 4242)) + group8
-          + _el(0x00091010, b"UN", b"\1\2\3\4") + _el(0x00100010, b"PN", b"Doe^John")
-          + _el(0x00100020, b"LO", b"ABC ") + _el(0x00181030, b"UN", b"PROTO1")
-          + _el(0x0020000D, b"UI", b"1.2.826.0.1.3680043.10.5.77\0") + _el(0x00204000, b"LT", b"odd ")
-          + _el(0x00321066, b"UT", b"some unlimited text ") + _undefined_sq(0x00400275, [])
-          + _el(0x7FE00010, b"OB", b"\0\1\2\3"))
-    meta_body = (_el(0x00020001, b"OB", b"\0\1") + _el(0x00020002, b"UI", sc) + _el(0x00020003, b"UI", uidb)
-                 + _el(0x00020010, b"UI", b"1.2.840.10008.1.2.1\0") + _el(0x00020012, b"UI", b"1.2.3.4\0"))
-    meta = _el(0x00020000, b"UL", struct.pack("<I", len(meta_body))) + meta_body
-    return b"\0" * 128 + b"DICM" + meta + ds
-
-
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
     """Input file paths; '@name' is a pydicom test file given SOP UIDs, '@crafted' the file above."""
@@ -187,19 +156,6 @@ def send(case: Case, port: int, files: list[Path]) -> subprocess.CompletedProces
 
 
 # --- comparison -------------------------------------------------------------------------------
-
-def split_meta(data: bytes) -> tuple[bytes, bytes]:
-    """(preamble + file meta, data set) by walking the explicit VR little endian group 0002."""
-    if data[128:132] != b"DICM":
-        return b"", data
-    pos = 132
-    while pos + 8 <= len(data) and struct.unpack("<H", data[pos:pos + 2])[0] == 2:
-        if data[pos + 4:pos + 6] in (b"OB", b"OW", b"SQ", b"UT", b"UN"):
-            pos += 12 + struct.unpack("<I", data[pos + 8:pos + 12])[0]
-        else:
-            pos += 8 + struct.unpack("<H", data[pos + 6:pos + 8])[0]
-    return data[:pos], data[pos:]
-
 
 IDENTITY = {0x00020000, 0x00020012, 0x00020013}  # implementation class UID / version name (and the length)
 
@@ -304,27 +260,6 @@ def _profiles() -> list[str]:
     from storescpd.dicom.asconfig import load_all
 
     return [p.name for p in load_all(CFG).values()]
-
-
-PROPOSED_SYNTAXES = ["1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2", "1.2.840.10008.1.2.1.99",
-                     "1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.70", "1.2.840.10008.1.2.4.90",
-                     "1.2.840.10008.1.2.4.91", "1.2.840.10008.1.2.5", "1.2.840.10008.1.2.4.100"]
-
-
-def accepted_contexts(port: int, abstract_syntaxes: list[str]) -> set[tuple[str, str]]:
-    from pynetdicom import AE
-
-    accepted: set[tuple[str, str]] = set()
-    for start in range(0, len(abstract_syntaxes), 120):
-        ae = AE(ae_title="PROFILES")
-        for uid in abstract_syntaxes[start:start + 120]:
-            ae.add_requested_context(uid, PROPOSED_SYNTAXES)
-        assoc = ae.associate("127.0.0.1", port)
-        if not assoc.is_established:
-            continue
-        accepted |= {(str(cx.abstract_syntax), str(cx.transfer_syntax[0])) for cx in assoc.accepted_contexts}
-        assoc.release()
-    return accepted
 
 
 @pytest.mark.parametrize("profile", _profiles())

@@ -9,7 +9,7 @@ from pydicom.dataset import FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from pynetdicom import AE
 
-from tests.conftest import require_dcmtk, storescu
+from tests.support.peers import require_dcmtk, storescu
 
 PRIVATE_CLASS = "1.2.826.0.1.3680043.10.5.99"  # unknown to both: accepted only with -pm
 CLASSES = {

@@ -13,8 +13,8 @@ import pytest
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset
 
-from tests.conftest import TEST_FILES
-from tests.integration.test_protocol_abuse import associate_rq, p_data, pdu, read_pdu, store_command
+from tests.support.paths import TEST_FILES
+from tests.support.pdus import associate_rq, p_data, pdu, read_pdu, store_command
 
 UID = "1.2.3.4.5"  # what store_command() announces
 

@@ -8,8 +8,9 @@ import time
 
 import pytest
 
-from tests.conftest import TEST_FILES, require_dcmtk, storescu
-from tests.integration.test_protocol_abuse import CT, EXPLICIT_LE, associate_rq, item, pdu, read_pdu
+from tests.support.paths import TEST_FILES
+from tests.support.pdus import CT, EXPLICIT_LE, associate_rq, item, pdu, read_pdu
+from tests.support.peers import require_dcmtk, storescu
 
 PDU_ASSOCIATE_AC, PDU_ASSOCIATE_RJ, PDU_ABORT = 0x02, 0x03, 0x07
 CT_SMALL = TEST_FILES / "CT_small.dcm"

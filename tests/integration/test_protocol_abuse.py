@@ -8,64 +8,13 @@ import time
 
 import pytest
 
-from tests.conftest import echoscu, require_dcmtk
-
-CT = b"1.2.840.10008.5.1.4.1.1.2"
-EXPLICIT_LE = b"1.2.840.10008.1.2.1"
+from tests.support.paths import TEST_FILES
+from tests.support.pdus import CT, associate_rq, element, p_data, pdu, read_pdu, store_command
+from tests.support.peers import echoscu, require_dcmtk
 
 
 def setup_module() -> None:
     require_dcmtk()
-
-
-def item(item_type: int, payload: bytes) -> bytes:
-    return struct.pack(">BBH", item_type, 0, len(payload)) + payload
-
-
-def pdu(pdu_type: int, payload: bytes) -> bytes:
-    return struct.pack(">BBI", pdu_type, 0, len(payload)) + payload
-
-
-def associate_rq() -> bytes:
-    context = item(0x20, bytes([1, 0, 0, 0]) + item(0x30, CT) + item(0x40, EXPLICIT_LE))
-    user = item(0x50, struct.pack(">BBHI", 0x51, 0, 4, 16384) + item(0x52, b"1.2.3.4"))
-    body = (struct.pack(">HH", 1, 0) + b"STORESCP".ljust(16) + b"ABUSER".ljust(16) + bytes(32)
-            + item(0x10, b"1.2.840.10008.3.1.1.1") + context + user)
-    return pdu(0x01, body)
-
-
-def element(number: int, value: bytes) -> bytes:
-    if len(value) % 2:
-        value += b"\0"
-    return struct.pack("<HHI", 0, number, len(value)) + value
-
-
-def store_command(instance: bytes = b"1.2.3.4.5") -> bytes:
-    body = (element(0x0002, CT) + element(0x0100, struct.pack("<H", 0x0001)) + element(0x0110, struct.pack("<H", 1))
-            + element(0x0700, struct.pack("<H", 0)) + element(0x0800, struct.pack("<H", 0x0000))
-            + element(0x1000, instance))
-    return element(0x0000, struct.pack("<I", len(body))) + body
-
-
-def p_data(context_id: int, header: int, data: bytes) -> bytes:
-    return pdu(0x04, struct.pack(">IBB", len(data) + 2, context_id, header) + data)
-
-
-def read_pdu(sock: socket.socket) -> tuple[int, bytes]:
-    head = b""
-    while len(head) < 6:
-        chunk = sock.recv(6 - len(head))
-        if not chunk:
-            return -1, b""
-        head += chunk
-    pdu_type, length = struct.unpack(">BxI", head)
-    body = b""
-    while len(body) < length:
-        chunk = sock.recv(length - len(body))
-        if not chunk:
-            break
-        body += chunk
-    return pdu_type, body
 
 
 # name: (what the peer sends, what it must get back: 0x07 = A-ABORT, -1 = the connection closed)
@@ -137,8 +86,6 @@ def test_command_data_set_type_zero_still_stores(daemon_factory) -> None:
     import pydicom
     from pydicom.filebase import DicomBytesIO
     from pydicom.filewriter import write_dataset
-
-    from tests.conftest import TEST_FILES
 
     d = daemon_factory()
     ds = pydicom.dcmread(TEST_FILES / "CT_small.dcm")

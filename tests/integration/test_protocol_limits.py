@@ -9,35 +9,18 @@ from __future__ import annotations
 import socket
 import struct
 import time
-from typing import Callable
 
 import pytest
 
-from tests.conftest import require_dcmtk
-from tests.integration.test_protocol_abuse import CT, EXPLICIT_LE, item, p_data, pdu, read_pdu, store_command
+from tests.support.pdus import CT, associate_rq, context, item, p_data, pdu, read_pdu, store_command
+from tests.support.peers import require_dcmtk
 
-APPLICATION_CONTEXT = b"1.2.840.10008.3.1.1.1"
 UNSUPPORTED = b"1.2.3.999"
 A_ASSOCIATE_AC, A_ASSOCIATE_RJ, A_RELEASE_RP, A_ABORT = 0x02, 0x03, 0x06, 0x07
 
 
 def setup_module() -> None:
     require_dcmtk()
-
-
-def context(context_id: int, abstract_syntax: bytes = CT, *transfer_syntaxes: bytes) -> bytes:
-    syntaxes = transfer_syntaxes or (EXPLICIT_LE,)
-    return item(0x20, bytes([context_id, 0, 0, 0]) + item(0x30, abstract_syntax)
-                + b"".join(item(0x40, ts) for ts in syntaxes))
-
-
-def associate_rq(contexts: bytes | None = None, application_context: bytes | None = APPLICATION_CONTEXT,
-                 protocol_version: int = 1) -> bytes:
-    user = item(0x50, struct.pack(">BBHI", 0x51, 0, 4, 16384) + item(0x52, b"1.2.3.4"))
-    body = (struct.pack(">HH", protocol_version, 0) + b"STORESCP".ljust(16) + b"ABUSER".ljust(16) + bytes(32)
-            + (b"" if application_context is None else item(0x10, application_context))
-            + (context(1) if contexts is None else contexts) + user)
-    return pdu(0x01, body)
 
 
 def data_set(uid: bytes) -> bytes:
@@ -81,13 +64,6 @@ def associated(port: int, contexts: bytes | None = None) -> socket.socket:
     return sock
 
 
-def wait_for_log(read_log: Callable[[], str], text: str, timeout: float = 5.0) -> str:
-    deadline = time.monotonic() + timeout
-    while text not in read_log() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return read_log()
-
-
 # ---- 1. command sets are bounded ----------------------------------------------------------------
 
 def test_an_endless_command_set_is_aborted(daemon_factory) -> None:
@@ -106,7 +82,7 @@ def test_an_endless_command_set_is_aborted(daemon_factory) -> None:
     kind, _ = answer(sock)
     sock.close()
     assert kind in (A_ABORT, -1)  # -1: the abort was lost in a reset of the unread data we sent
-    log = wait_for_log(d.log, "command set larger than")
+    log = d.wait_for_log("command set larger than")
     assert "command set larger than 65536 bytes" in log, log
 
 
@@ -156,7 +132,7 @@ def test_a_request_of_empty_presentation_contexts_is_aborted_at_once(daemon_fact
     took = time.monotonic() - started
     assert kind == A_ABORT
     assert took < 5, f"{took:.1f} s to refuse one A-ASSOCIATE-RQ"
-    assert "presentation context 1 proposes no transfer syntax" in wait_for_log(d.log, "proposes no")
+    assert "presentation context 1 proposes no transfer syntax" in d.wait_for_log("proposes no")
 
 
 # ---- 3. malformed input answered as DCMTK answers it --------------------------------------------
@@ -180,7 +156,7 @@ def test_requests_dcmtk_rejects_are_rejected_alike(daemon_factory, dcmtk_storesc
     expected = (A_ASSOCIATE_RJ, bytes([0, result, source, reason]))
     assert ask(reference.port, request) == expected
     assert ask(d.port, request) == expected
-    assert cause in wait_for_log(d.log, cause)
+    assert cause in d.wait_for_log(cause)
 
 
 def test_protocol_version_with_bit_0_and_others_is_accepted(daemon_factory, dcmtk_storescp) -> None:
@@ -223,7 +199,7 @@ def test_malformed_p_data_is_aborted_as_dcmtk_does(daemon_factory, dcmtk_storesc
             answers.append(answer(sock)[0])
     # DCMTK's A-ABORT says source 0 (service user), reason 0; ours source 2 (provider), as all ours do.
     assert answers == [A_ABORT, A_ABORT]
-    assert cause in wait_for_log(d.log, cause)
+    assert cause in d.wait_for_log(cause)
     assert d.stored_files() == []
 
 
@@ -238,7 +214,7 @@ def test_release_in_the_middle_of_a_data_set_names_the_dropped_object(daemon_fac
             time.sleep(0.3)  # the first fragment is taken in (a staging file opened) before the release
             sock.sendall(pdu(0x05, bytes(4)))
             assert answer(sock)[0] == A_RELEASE_RP  # DCMTK: "Store SCP Failed: DUL Peer Requested Release"
-    log = wait_for_log(d.log, "1.2.3.4.50")
+    log = d.wait_for_log("1.2.3.4.50")
     assert "in the middle of the data set of the C-STORE-RQ of 1.2.3.4.50" in log, log
     assert reference.stored_files() == [] and d.stored_files() == []
     deadline = time.monotonic() + 5

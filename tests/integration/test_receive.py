@@ -16,7 +16,8 @@ from pydicom.uid import (
 )
 from pynetdicom import AE
 
-from tests.conftest import TEST_FILES, echoscu, require_dcmtk, storescu
+from tests.support.paths import TEST_FILES
+from tests.support.peers import echoscu, require_dcmtk, storescu
 
 UNCOMPRESSED = ["CT_small.dcm", "MR_small.dcm", "rtplan.dcm", "rtstruct.dcm", "rtdose.dcm", "MR_small_implicit.dcm",
                 "MR_small_bigendian.dcm", "waveform_ecg.dcm", "test-SR.dcm", "priv_SQ.dcm", "nested_priv_SQ.dcm",

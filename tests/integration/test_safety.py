@@ -11,8 +11,9 @@ import pytest
 from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE, _config
 
-from tests.conftest import TEST_FILES, require_dcmtk, storescu
-from tests.integration.test_daemon import make_object
+from tests.support.dicomfiles import make_object
+from tests.support.paths import TEST_FILES
+from tests.support.peers import require_dcmtk, storescu
 
 STATUS_SUCCESS = 0x0000
 STATUS_OUT_OF_RESOURCES = 0xA700

@@ -19,7 +19,7 @@ import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 
-from tests.conftest import DcmtkStorescp, require_dcmtk, storescu
+from tests.support.peers import DcmtkStorescp, require_dcmtk, storescu
 
 pytestmark = pytest.mark.timeout(300)
 

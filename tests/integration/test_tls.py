@@ -17,11 +17,12 @@ import pytest
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification
 
-from tests.conftest import (DCMTK, PEER_ENV, STORESCPD, TEST_FILES, echoscu, free_port, require_dcmtk, stop_process,
-                            storescu, wait_listening)
-from tests.integration.test_api import api_daemon, sample
-from tests.integration.test_differential import split_meta
-from tests.unit.test_tls import OPENSSL, Pki, make_pki
+from tests.support.api import api_daemon, sample
+from tests.support.dicomfiles import split_meta
+from tests.support.paths import DCMTK, STORESCPD, TEST_FILES
+from tests.support.peers import PEER_ENV, echoscu, require_dcmtk, storescu
+from tests.support.pki import OPENSSL, Pki, make_pki
+from tests.support.processes import free_port, stop_process, wait_listening
 
 FILES = [TEST_FILES / n for n in ("CT_small.dcm", "MR_small.dcm", "rtplan.dcm")]
 
@@ -30,27 +31,12 @@ def setup_module() -> None:
     require_dcmtk()
 
 
-@pytest.fixture(scope="session")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    return make_pki(tmp_path_factory.mktemp("pki"))
-
-
 def server_tls(pki: Pki) -> list[str]:
     return ["+tls", pki.server_key, pki.server_crt, "+cf", pki.ca_crt]
 
 
 def client_tls(pki: Pki, who: str = "client") -> list[str]:
     return ["+tls", str(pki.dir / f"{who}.key"), str(pki.dir / f"{who}.crt"), "+cf", pki.ca_crt]
-
-
-def wait_for_log(daemon, text: str, timeout: float = 10.0) -> str:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        log = daemon.log()
-        if text in log:
-            return log
-        time.sleep(0.05)
-    raise AssertionError(f"{text!r} not in the daemon log within {timeout} s:\n{daemon.log()}")
 
 
 def python_client_context(pki: Pki, who: str | None = "client") -> ssl.SSLContext:
@@ -74,7 +60,7 @@ def test_storescu_tls_store_lands(daemon_factory, pki: Pki) -> None:
 def test_plain_dicom_on_the_tls_port_is_refused(daemon_factory, pki: Pki) -> None:
     d = daemon_factory(*server_tls(pki))
     assert echoscu(d.port).returncode != 0
-    wait_for_log(d, "does not speak TLS")
+    d.wait_for_log("does not speak TLS")
     assert echoscu(d.port, *client_tls(pki)).returncode == 0
 
 
@@ -82,7 +68,7 @@ def test_required_client_certificate(daemon_factory, pki: Pki) -> None:
     d, api = api_daemon(daemon_factory, *server_tls(pki), "-rc")
     anonymous = echoscu(d.port, "+tla", "+cf", pki.ca_crt)
     assert anonymous.returncode != 0
-    wait_for_log(d, "the client sent no certificate")
+    d.wait_for_log("the client sent no certificate")
     failures = "storescpd_tls_handshake_failures_total"
     deadline = time.monotonic() + 10  # the worker's event reaches the API process asynchronously
     while sample(api.metrics(), failures, reason="no_client_certificate") < 1 and time.monotonic() < deadline:
@@ -106,14 +92,14 @@ def test_certificate_from_another_ca_is_untrusted(daemon_factory, pki: Pki, tmp_
     d = daemon_factory(*server_tls(pki))
     result = echoscu(d.port, "+tls", other.client_key, other.client_crt, "+cf", pki.ca_crt)
     assert result.returncode != 0
-    wait_for_log(d, "not issued by a trusted CA")
+    d.wait_for_log("not issued by a trusted CA")
 
 
 def test_revoked_certificate_is_refused_with_crl(daemon_factory, pki: Pki) -> None:
     d = daemon_factory(*server_tls(pki), "+crl", pki.ca_crl)
     revoked = echoscu(d.port, *client_tls(pki, "revoked"))
     assert revoked.returncode != 0
-    wait_for_log(d, "client certificate is revoked")
+    d.wait_for_log("client certificate is revoked")
     good = echoscu(d.port, *client_tls(pki))
     assert good.returncode == 0, good.stderr + d.log()
 
@@ -135,7 +121,7 @@ def test_tls11_client_is_refused_by_the_server_under_pg(daemon_factory, pki: Pki
     d = daemon_factory(*server_tls(pki), "+pg")
     with pytest.raises(ssl.SSLError):
         _tls11_handshake(d.port, pki)
-    log = wait_for_log(d, "wrong protocol version")
+    log = d.wait_for_log("wrong protocol version")
     assert "bcp195-rfc8996" in log
 
 
@@ -159,7 +145,7 @@ def test_stalled_handshake_is_bounded_by_acse_timeout(daemon_factory, pki: Pki) 
     try:
         stalled.sendall(b"\x16\x03\x01")  # the start of a ClientHello, then nothing
         assert echoscu(d.port, *client_tls(pki), timeout=10).returncode == 0  # another worker serves
-        wait_for_log(d, "no complete TLS handshake within 1 s", timeout=5)
+        d.wait_for_log("no complete TLS handshake within 1 s", timeout=5)
     finally:
         stalled.close()
 
@@ -211,7 +197,7 @@ def test_expect_sni(daemon_factory, pki: Pki) -> None:
         assoc.release()
     wrong = ae.associate("127.0.0.1", d.port, tls_args=(python_client_context(pki), "other.example"))
     assert not wrong.is_established
-    wait_for_log(d, "client asked for server name 'other.example'")
+    d.wait_for_log("client asked for server name 'other.example'")
 
 
 def test_reload_with_broken_key_keeps_the_old_one(daemon_factory, pki: Pki, tmp_path: Path) -> None:
@@ -221,7 +207,7 @@ def test_reload_with_broken_key_keeps_the_old_one(daemon_factory, pki: Pki, tmp_
     key.write_text("not a key\n")
     d.notify.messages.clear()
     d.proc.send_signal(signal.SIGHUP)
-    log = wait_for_log(d, "reload failed")
+    log = d.wait_for_log("reload failed")
     assert str(key) in log
     result = echoscu(d.port, *client_tls(pki))
     assert result.returncode == 0, result.stderr + d.log()

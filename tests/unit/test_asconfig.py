@@ -8,7 +8,7 @@ import pytest
 
 from storescpd.dicom.asconfig import load_all, load_profile
 from storescpd.dicom.asconfig import ProfileError
-from tests.conftest import ROOT
+from tests.support.paths import ROOT
 
 GOOD = """\
 # a comment

@@ -194,7 +194,7 @@ def test_version_prints_ours_and_the_dcmtk_line_and_exits_0(argv: list[str],
 def test_version_from_the_installed_command_exits_0() -> None:
     import subprocess
 
-    from tests.conftest import STORESCPD
+    from tests.support.paths import STORESCPD
 
     result = subprocess.run([STORESCPD, "--version"], capture_output=True, text=True, timeout=30)
     assert result.returncode == 0, result.stderr

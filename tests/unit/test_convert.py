@@ -15,8 +15,8 @@ from storescpd.store import convert
 from storescpd.config.settings import defaults
 from storescpd.store.convert import DEFLATED_LE, EXPLICIT_BE, EXPLICIT_LE, IMPLICIT_LE, Encoding, encoding_for
 from storescpd.dicom.filemeta import file_meta_bytes
-from tests.conftest import TEST_FILES
-from tests.integration.test_differential import crafted_bytes, split_meta
+from tests.support.dicomfiles import crafted_bytes, split_meta
+from tests.support.paths import TEST_FILES
 
 
 class Cfg:

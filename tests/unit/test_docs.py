@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from storescpd.config.docs import render
-from tests.conftest import ROOT
+from tests.support.paths import ROOT
 
 
 def test_committed_options_reference_is_generated() -> None:

@@ -23,7 +23,7 @@ from storescpd.store.handlers import (
     handle_store,
 )
 from storescpd.store.storage import Naming, StagingFile, UnsafeName, prepare_staging_dir, publish_new, safe_uid_component
-from tests.conftest import TEST_FILES
+from tests.support.paths import TEST_FILES
 
 CT = TEST_FILES / "CT_small.dcm"
 
