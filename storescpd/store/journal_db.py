@@ -144,9 +144,9 @@ class SqliteJournal:
         else:
             self.db = sqlite3.connect(self.path, timeout=busy_timeout, isolation_level=None)
             self.db.execute("PRAGMA journal_mode = WAL")
-            # One writer commits a batch at a time: a sync per commit is cheap and keeps the
-            # journal's last batches across a power loss.
-            self.db.execute("PRAGMA synchronous = FULL")
+            # Committed batches survive any process's death without a sync of their own; a power
+            # loss may take the last ones (and what the spool had): journal rebuild adds them again.
+            self.db.execute("PRAGMA synchronous = NORMAL")
 
     def close(self) -> None:
         self.db.close()
@@ -215,13 +215,12 @@ class SqliteJournal:
     def _write(self, records: Sequence[Record], spool: str | None, done: int, one_by_one: bool) -> None:
         left_out = 0
         with self._transaction() as db:
-            for record in records:
-                if not one_by_one:
-                    _apply(db, record, clean=False)
-                    continue
+            if not one_by_one:
+                _write_records(db, records, clean=False)
+            for record in records if one_by_one else ():
                 db.execute("SAVEPOINT record")
                 try:
-                    _apply(db, record, clean=True)
+                    _write_records(db, [record], clean=True)
                 except _BAD_RECORD as exc:
                     db.execute("ROLLBACK TO record")
                     left_out += 1
@@ -307,45 +306,82 @@ _BAD_RECORD = (sqlite3.IntegrityError, sqlite3.InterfaceError, sqlite3.Programmi
                KeyError)  # UnicodeEncodeError is a ValueError
 
 
-def _apply(db: sqlite3.Connection, record: Record, clean: bool) -> None:
-    op = record.get("op")
-    if op == "receipt":
-        _insert_receipt(db, record, clean)
-    elif op == "moved":
-        db.executemany(sql.MOVE_PATH, [(_text(new), _text(old)) if clean else (new, old)
-                                       for old, new in record["moves"]])
-    elif op == "study_ended":
-        db.execute(sql.STUDY_ENDED, (record["study_instance_uid"],))
-    else:
-        raise ValueError(f"unknown record kind {op!r}")
+def _write_records(db: sqlite3.Connection, records: Sequence[Record], clean: bool) -> None:
+    """Records in their order; a run of receipts goes in with one statement of each kind."""
+    receipts: list[Record] = []
+    for record in records:
+        if record.get("op") == "receipt":
+            receipts.append(record)
+            continue
+        _insert_receipts(db, receipts, clean)
+        receipts = []
+        if record.get("op") == "moved":
+            db.executemany(sql.MOVE_PATH, [(_text(new), _text(old)) if clean else (new, old)
+                                           for old, new in record["moves"]])
+        elif record.get("op") == "study_ended":
+            db.execute(sql.STUDY_ENDED, (record["study_instance_uid"],))
+        else:
+            raise ValueError(f"unknown record kind {record.get('op')!r}")
+    _insert_receipts(db, receipts, clean)
 
 
-def _insert_receipt(db: sqlite3.Connection, record: Record, clean: bool) -> None:
+@dataclass
+class _StudyChange:
+    """What a run of receipts adds to one study (journal_sql.UPSERT_STUDY's parameters)."""
+
+    objects: int = 0
+    bytes: int = 0
+    first: str = "~"  # after every time
+    last: str = ""
+    directory: str | None = None
+    patient_id: str | None = None
+
+
+def _insert_receipts(db: sqlite3.Connection, records: list[Record], clean: bool) -> None:
+    if not records:
+        return
+    text = _text if clean else _same
+    rows = []
+    studies: dict[str, _StudyChange] = {}
+    newest: dict[tuple[str, str], tuple[str, int]] = {}  # (study, instance): its newest receipt so far
+    senders: set[tuple[str, str]] = set()
+    for record in records:
+        _check(record)
+        rows.append(tuple(text(record.get(column)) for column in sql.RECEIPT_COLUMNS) if clean
+                    else tuple(map(record.get, sql.RECEIPT_COLUMNS)))
+        study = record.get("study_instance_uid")
+        if not study:
+            continue
+        received_at, size = record["received_at"], record.get("size") or 0
+        key = (study, record["sop_instance_uid"])
+        previous = newest.get(key) or db.execute(sql.LATEST_IN_STUDY, key).fetchone()
+        change = studies.setdefault(study, _StudyChange())
+        if previous is None:  # an instance new to the study
+            change.objects += 1
+            change.bytes += size
+        elif received_at >= previous[0]:  # a newer copy: its size counts now
+            change.bytes += size - (previous[1] or 0)
+        if previous is None or received_at >= previous[0]:
+            newest[key] = (received_at, size)
+        change.first = min(change.first, received_at)
+        if received_at >= change.last:
+            path = record.get("path")
+            change.last, change.directory = received_at, text(os.path.dirname(path) if path else None)
+            change.patient_id = text(record.get("patient_id")) or change.patient_id
+        if record.get("calling_ae"):
+            senders.add((study, text(record["calling_ae"])))
+    db.executemany(sql.INSERT_RECEIPT, rows)
+    db.executemany(sql.UPSERT_STUDY, [(study, c.patient_id, c.objects, c.bytes, c.first, c.last, c.directory)
+                                      for study, c in studies.items()])
+    db.executemany(sql.ADD_SENDER, sorted(senders))
+
+
+def _check(record: Record) -> None:
     for required in ("received_at", "sop_class_uid", "sop_instance_uid"):
         if not isinstance(record.get(required), str) or not record[required]:
             raise ValueError(f"{required} missing")
     if not isinstance(record.get("status"), int):
         raise ValueError("status missing")
-    values = tuple(record.get(column) for column in sql.RECEIPT_COLUMNS)
-    text = _text if clean else _same
-    received_at, size = record["received_at"], record.get("size") or 0
-    study = record.get("study_instance_uid")
-    previous = db.execute(sql.LATEST_IN_STUDY, (study, record["sop_instance_uid"])).fetchone() if study else None
-    db.execute(sql.INSERT_RECEIPT, tuple(map(text, values)) if clean else values)
-    if not study:
-        return
-    if previous is None:
-        objects, added = 1, size
-    elif received_at >= previous[0]:  # a newer copy of an instance the study has: its size counts now
-        objects, added = 0, size - (previous[1] or 0)
-    else:
-        objects, added = 0, 0
-    path = record.get("path")
-    directory = os.path.dirname(path) if path else None
-    db.execute(sql.UPSERT_STUDY, (study, text(record.get("patient_id")), objects, added, received_at, received_at,
-                                  text(directory)))
-    if record.get("calling_ae"):
-        db.execute(sql.ADD_SENDER, (study, text(record["calling_ae"])))
 
 
 def _recount_study(db: sqlite3.Connection, study: str) -> None:
