@@ -50,7 +50,7 @@ DRAIN_LOCK = "writer.lock"
 BATCH_RECORDS = 2000  # records per transaction
 BATCH_BYTES = 4 << 20
 MEMORY_RECORDS = 100_000  # records kept in memory while the spool cannot be written, at most
-POLL_SECONDS = 0.2  # how often the writer looks at the spool
+POLL_SECONDS = 0.5  # how often the writer looks at the spool (bigger batches write fewer pages)
 RETRY_FIRST, RETRY_MAX = 1.0, 30.0  # seconds before writing again after a database error
 PRUNE_EVERY = 60.0  # seconds between retention runs
 PRUNE_BATCH = 500  # receipts removed per transaction: the writer never holds the database long
@@ -479,11 +479,11 @@ class JournalWriter:
                 pass
             self.db = None
 
-    def run(self, stop: Callable[[], bool]) -> None:
-        """Until ``stop()``; then write what is left once more."""
-        while not stop():
+    def run(self, stop: threading.Event, going_on: Callable[[], bool] = lambda: True) -> None:
+        """Until ``stop`` is set or ``going_on()`` is false; then write what is left once more."""
+        while not stop.is_set() and going_on():
             self.step()
-            time.sleep(POLL_SECONDS)
+            stop.wait(POLL_SECONDS)
         self.retry_at = 0.0
         self.step()
         self.close()
@@ -577,7 +577,7 @@ class SupervisorJournal:
         use(None)
         parent = os.getppid()
         writer = JournalWriter(self.journal, self.retention_days, self.channel(channel).emit)
-        writer.run(lambda: stop.is_set() or os.getppid() != parent)
+        writer.run(stop, lambda: os.getppid() == parent)
         logging.shutdown()
         os._exit(0)
 
@@ -603,7 +603,7 @@ class LocalJournal:
         self.config = config
         self.writer = JournalWriter(config.journal, config.journal_retention_days)
         self.stop = threading.Event()
-        self.thread = threading.Thread(target=self.writer.run, args=(self.stop.is_set,), name="journal",
+        self.thread = threading.Thread(target=self.writer.run, args=(self.stop,), name="journal",
                                        daemon=True)
 
     def __enter__(self) -> "LocalJournal":
