@@ -135,7 +135,7 @@ def _check_journal(value: str) -> str | None:
     if not value or value.endswith("/") or path.is_dir():
         return f"must name a file, not the directory '{value}' (e.g. /var/lib/storescpd/journal.sqlite)"
     if not path.absolute().parent.is_dir():
-        return f"'{value}': its directory {path.absolute().parent} does not exist (create it or choose another)"
+        return f"{value}: its directory {path.absolute().parent} does not exist: create it or name another file with --journal"
     return None
 
 
