@@ -56,6 +56,7 @@ PRUNE_EVERY = 60.0  # seconds between retention runs
 PRUNE_BATCH = 500  # receipts removed per transaction: the writer never holds the database long
 SPOOL_PROGRESS_KEPT = 24 * 3600.0  # seconds the progress of a finished spool file is remembered
 READ_CHUNK = 1 << 20
+LOCK_SECONDS = 0.2  # an append waits this long at most for the spool's lock, then the record waits in memory
 
 # Statuses that acknowledge an object (PS3.7 C: success, and the warnings of C-STORE).
 WARNING_STATUSES = frozenset({0x0001, 0x0107, 0x0116, 0xB000, 0xB006, 0xB007})
@@ -101,10 +102,16 @@ class Spool:
         self._pid = 0
 
     def append(self, data: bytes) -> None:
-        """Append whole lines, all or nothing; OSError when they cannot be written."""
-        for _ in range(100):
+        """Append whole lines, all or nothing; OSError when they cannot be written now."""
+        give_up = time.monotonic() + LOCK_SECONDS
+        while time.monotonic() < give_up:
             fd = self._file()
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            if not self._lock(fd):
+                if not self._is_current():
+                    self.close()  # claimed, and the writer holds its lock: no need to wait for it
+                else:
+                    time.sleep(0.0002)  # another process is appending
+                continue
             try:
                 if self._is_current():
                     _write_whole(fd, data)
@@ -112,7 +119,15 @@ class Spool:
             finally:
                 fcntl.flock(fd, fcntl.LOCK_UN)
             self.close()  # the writer claimed it meanwhile
-        raise OSError(errno.EAGAIN, "the journal spool keeps changing under us")
+        raise OSError(errno.EAGAIN, f"the journal spool was locked for {LOCK_SECONDS} s (a stopped process?)")
+
+    @staticmethod
+    def _lock(fd: int) -> bool:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        return True
 
     def _file(self) -> int:
         if self._fd is not None and self._pid == os.getpid():
