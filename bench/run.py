@@ -31,7 +31,7 @@ import pydicom
 import datasets
 import dul
 import limits
-from procmon import RssSampler, descendants
+from procmon import RssSampler, descendants, tree_cpu_seconds
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
@@ -313,6 +313,7 @@ def run_once(receiver: Receiver, manifest: dict, associations: int, rundir: Path
         running.wait_ready()
         sampler = RssSampler(running.proc.pid)
         sampler.start()
+        cpu_before = tree_cpu_seconds(running.proc.pid)
         wall = send(running.port, files, associations, send_timeout(manifest), logdir)
         sampler.stop()
         result.update(wall_s=wall, peak_rss_total=sampler.peak_total,
@@ -325,6 +326,9 @@ def run_once(receiver: Receiver, manifest: dict, associations: int, rundir: Path
                 problems += verify_journal(running.journal, manifest)
             if problems:
                 raise RunFailed("verification: " + "; ".join(problems))
+        # After the checks: what the receiver still did after the last response (a journal's
+        # writer writing its last batch) counts too.
+        result["cpu_s"] = tree_cpu_seconds(running.proc.pid) - cpu_before
         result["status"] = "ok"
         result["error"] = running.note
     except RunFailed as exc:
@@ -375,6 +379,8 @@ def summarize(runs: list[dict]) -> list[dict]:
         if ok:
             walls = [r["wall_s"] for r in ok]
             wall = statistics.median(walls)
+            cpu = [r["cpu_s"] for r in ok if r.get("cpu_s") is not None]
+            row.update(cpu_s=statistics.median(cpu) if cpu else None)
             row.update(wall_s=wall, wall_min_s=min(walls), wall_max_s=max(walls),
                        objects_per_s=row["objects"] / wall, mb_per_s=row["bytes"] / wall / 1e6,
                        peak_rss_total=max(r["peak_rss_total"] for r in ok),
@@ -443,16 +449,22 @@ def markdown(results: dict) -> str:
     if variants:
         out.append("")
         out.append("Variants against the receiver they vary (same cell of this run): its wall time divided by the "
-                   "variant's, i.e. the variant's speed as a fraction of the base's (1.00 = no cost).")
+                   "variant's, i.e. the variant's speed as a fraction of the base's (1.00 = no cost); CPU: "
+                   "user + system seconds of the receiver's process tree over the run (median), which "
+                   "other load on the machine disturbs far less than wall time.")
         out.append("")
-        out.append("| data set | assoc | variant | base | x base | wall s | base wall s |")
-        out.append("|---|---|---|---|---|---|---|")
+        out.append("| data set | assoc | variant | base | x base | wall s | base wall s | CPU s | base CPU s "
+                   "| CPU per object, more |")
+        out.append("|---|---|---|---|---|---|---|---|---|---|")
         for r, base in variants:
             ref = next((b for b in rows if (b["dataset"], b["associations"], b["receiver"])
                         == (r["dataset"], r["associations"], base)), {})
+            extra = (f"{(r['cpu_s'] - ref['cpu_s']) / r['objects'] * 1e6:.0f} us"
+                     if r.get("cpu_s") is not None and ref.get("cpu_s") is not None else "")
             out.append(f"| {r['dataset']} | {r['associations']} | {RECEIVER_BY_ID[r['receiver']].label} "
                        f"| {RECEIVER_BY_ID[base].label} | {_f(r.get(f'ratio_{base}'), '.2f')} "
-                       f"| {_f(r.get('wall_s'), '.3f')} | {_f(ref.get('wall_s'), '.3f')} |")
+                       f"| {_f(r.get('wall_s'), '.3f')} | {_f(ref.get('wall_s'), '.3f')} "
+                       f"| {_f(r.get('cpu_s'), '.2f')} | {_f(ref.get('cpu_s'), '.2f')} | {extra} |")
     if results.get("latency"):
         out.append("")
         out.append("Latency (raw-socket SCU, TCP_NODELAY): association setup = connect until "

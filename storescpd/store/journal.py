@@ -540,6 +540,7 @@ class SupervisorJournal:
         self.backoff = RETRY_FIRST
         self.started = 0.0
         self.stopping_sent = False
+        self.replacing = False
         supervisor.ask_handlers[Ask.ASSOCIATION_ID] = lambda message, child: getattr(child, "association", None)
         supervisor.event_hooks.append(self.on_event)
         supervisor.tick_hooks.append(self.keep_alive)
@@ -552,7 +553,8 @@ class SupervisorJournal:
     def on_event(self, kind: str, data: dict[str, Any], child: Any) -> None:
         if kind == Event.RELOADED and self.supervisor.config.journal_retention_days != self.retention_days:
             self.retention_days = self.supervisor.config.journal_retention_days
-            self._signal(signal.SIGTERM)  # a new writer with the new retention takes over
+            self.replacing = True  # a new writer with the new retention takes over at once
+            self._signal(signal.SIGTERM)
 
     def keep_alive(self, now: float) -> None:
         sup = self.supervisor
@@ -564,12 +566,13 @@ class SupervisorJournal:
         if self.pid is not None and self.pid in sup.children:
             return
         mono = time.monotonic()
-        if self.pid is not None:
-            self.pid = None
+        if self.pid is not None and not self.replacing:  # it died: start another, later each time
             if mono - self.started >= PRUNE_EVERY:
                 self.backoff = RETRY_FIRST
+            LOG.warning("journal: the writer process %d exited; starting another in %.0f s", self.pid, self.backoff)
             self.next_start = mono + self.backoff
             self.backoff = min(RETRY_MAX, self.backoff * 2)
+        self.pid, self.replacing = None, False
         if mono < self.next_start:
             return
         self.started = mono

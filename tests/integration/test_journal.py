@@ -364,7 +364,7 @@ def test_single_process_writes_its_journal_itself(daemon_factory, tmp_path: Path
     assert len({r["association_id"] for r in rows}) == 2
 
 
-def test_retention_removes_old_receipts(daemon_factory, tmp_path: Path) -> None:
+def test_retention_removes_old_receipts_from_a_reload_on(daemon_factory, tmp_path: Path) -> None:
     from storescpd.store.journal_db import open_for_writing, utc_text
 
     journal = tmp_path / "journal.sqlite"
@@ -373,11 +373,16 @@ def test_retention_removes_old_receipts(daemon_factory, tmp_path: Path) -> None:
            "sop_instance_uid": "1.2.3.old", "study_instance_uid": "1.2.3", "status": 0, "path": "/gone"}
     db.apply([old])
     db.close()
-    d, api = journal_daemon(daemon_factory, journal, "--journal-retention-days", "2")
-    wait_until(lambda: receipts(api) == [], 10, "the old receipt removed")
+    config = tmp_path / "storescpd.toml"
+    config.write_text(f'log_level = "info"\njournal = "{journal}"\njournal_retention_days = 0\n')
+    d, api = api_daemon(daemon_factory, "--config", str(config))
     assert storescu(d.port, [TEST_FILES / "CT_small.dcm"]).returncode == 0
-    (kept,) = wait_for_receipts(api, 1)
-    assert kept["sop_instance_uid"] != "1.2.3.old"
+    assert len(wait_for_receipts(api, 2)) == 2  # kept forever
+    config.write_text(f'log_level = "info"\njournal = "{journal}"\njournal_retention_days = 2\n')
+    os.kill(d.pid, signal.SIGHUP)
+    d.wait_for_log("configuration reloaded")
+    (kept,) = wait_until(lambda: receipts(api) if len(receipts(api)) == 1 else [], 20, "the old receipt removed")
+    assert kept["sop_instance_uid"] == "1.3.6.1.4.1.5962.1.1.1.1.1.20040119072730.12322"
     assert "1.2.3" not in {s["study_instance_uid"] for s in api.get("/studies").json()["studies"]}
 
 
