@@ -17,14 +17,14 @@ from typing import Any
 
 import pydicom
 import pytest
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-from pynetdicom import AE, _config
+from pydicom.uid import generate_uid
+from pynetdicom import AE
 
 from tests.support.api import Api, api_daemon, sample
 from tests.support.daemons import Daemon
-from tests.support.dicomfiles import make_object
+from tests.support.dicomfiles import crafted_file, make_object
 from tests.support.paths import STORESCPD, TEST_FILES
-from tests.support.peers import require_dcmtk, start_storescu, storescu
+from tests.support.peers import require_dcmtk, send_raw, start_storescu, storescu
 from tests.support.processes import children_of, wait_until
 
 STATUS_SUCCESS = 0x0000
@@ -51,34 +51,6 @@ def series_of(directory: Path, source: str, count: int, study: str | None = None
         ds.save_as(path, enforce_file_format=True)
         paths.append(path)
     return paths
-
-
-def mismatched_file(path: Path) -> Path:
-    """An object whose command (from its file meta) names SOP instance 1.2.3.4, its data set 1.2.3.5."""
-    ds = pydicom.dcmread(TEST_FILES / "CT_small.dcm")
-    ds.SOPInstanceUID = "1.2.3.5"
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.save_as(path, enforce_file_format=True)
-    path.write_bytes(path.read_bytes().replace(b"1.2.3.5", b"1.2.3.4", 1))
-    return path
-
-
-def send_as_meta_says(port: int, path: Path, calling_ae: str = "HOSTILE") -> int:
-    """pynetdicom sends the file as it is, command UIDs from its meta (DCMTK's storescu takes them
-    from the data set, so it never sends a mismatch); the status."""
-    ds = pydicom.dcmread(path, stop_before_pixels=True)
-    ae = AE(ae_title=calling_ae)
-    ae.add_requested_context(ds.file_meta.MediaStorageSOPClassUID, ExplicitVRLittleEndian)
-    old = (_config.STORE_SEND_CHUNKED_DATASET, _config.ENFORCE_UID_CONFORMANCE)
-    _config.STORE_SEND_CHUNKED_DATASET, _config.ENFORCE_UID_CONFORMANCE = True, False
-    try:
-        assoc = ae.associate("127.0.0.1", port)
-        assert assoc.is_established
-        status = assoc.send_c_store(path)
-        assoc.release()
-    finally:
-        _config.STORE_SEND_CHUNKED_DATASET, _config.ENFORCE_UID_CONFORMANCE = old
-    return int(status.Status)
 
 
 def journal_daemon(daemon_factory: Any, journal: Path, *args: str) -> tuple[Daemon, Api]:
@@ -149,7 +121,9 @@ def test_receipts_are_exactly_the_acknowledged_objects_with_the_files_facts(daem
     first = storescu(d.port, room3, "-aet", "ROOM3")
     second = storescu(d.port, mr1, "-aet", "MR1", "-aec", "ARCHIVE")
     assert first.returncode == 0 and second.returncode == 0, first.stderr + second.stderr
-    assert send_as_meta_says(d.port, mismatched_file(tmp_path / "bad.dcm")) == STATUS_DATASET_DOES_NOT_MATCH
+    # DCMTK's storescu takes the UIDs from the data set: pynetdicom sends this one as its meta says.
+    mismatched = crafted_file(tmp_path / "bad.dcm", command_uid="1.2.3.4", dataset_uid="1.2.3.5")
+    assert send_raw(d.port, mismatched) == STATUS_DATASET_DOES_NOT_MATCH
 
     found = wait_for_receipts(api, 5)
     sent = {pydicom.dcmread(p).SOPInstanceUID: (p, ae) for ae, paths in (("ROOM3", room3), ("MR1", mr1))
