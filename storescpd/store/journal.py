@@ -337,10 +337,10 @@ class _LocalAssociations:
 
 
 def _decoded(raw: bytes | str | None, charset: str | None) -> str | None:
-    """A text value (Patient ID) in the data set's character set."""
+    """A text value (Patient ID, one value) in the data set's character set."""
     if raw is None or isinstance(raw, str):
         return raw
-    value = raw.split(b"\\", 1)[0].strip(b"\0 ")
+    value = raw.strip(b"\0 ")
     if not value:
         return None
     try:
@@ -366,10 +366,6 @@ def file_sha256(path: Path) -> str | None:
 
 # ---- this process's recorder: what the handlers and the study code call ---------------------------
 _recorder: Recorder | None = None
-
-
-def recorder() -> Recorder | None:
-    return _recorder
 
 
 def use(new: Recorder | None) -> None:
@@ -559,7 +555,10 @@ class SupervisorJournal:
     def keep_alive(self, now: float) -> None:
         sup = self.supervisor
         if sup.stopping:
-            if not self.stopping_sent:  # it writes what is left, then exits
+            # Once no worker is left to store anything, it writes what is left and exits (or sees
+            # the supervisor gone, if that comes first).
+            workers = any(c.kind in ("worker", "fork") for c in sup.children.values())
+            if not workers and not self.stopping_sent:
                 self.stopping_sent = True
                 self._signal(signal.SIGTERM)
             return

@@ -366,7 +366,7 @@ def test_a_receipt_carries_the_streamed_digest_and_the_files_size(tmp_path: Path
     final = tmp_path / "CT.1"
     staged.path.rename(final)
     ids = Identifiers("1.2.840.10008.5.1.4.1.1.2", "1.2.3.4.1", "1.2.3", None, "ISO_IR 100", "1.2.3.1",
-                      b"M\xfcller\\ALIAS ", "CT")
+                      b"M\xfcller ", "CT")
     associations = iter(["40-7", "40-8"])
     recorder = Recorder(path, association=lambda: next(associations))
     ctx = Ctx(Conf(path))
