@@ -4,7 +4,7 @@ VENV ?= .venv
 PORT ?= 11112
 OUT ?= ./incoming
 
-.PHONY: setup run test test-fast deb clean
+.PHONY: setup run test test-fast screenshots deb clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,11 @@ test: setup
 
 test-fast: setup
 	$(VENV)/bin/python -m pytest -q -p no:cacheprovider -m "not packaging" tests
+
+# Refresh docs/images/console*.png from the browser test (CI never writes into the tree).
+screenshots: setup
+	STORESCPD_SCREENSHOTS=docs/images $(VENV)/bin/python -m pytest -q -p no:cacheprovider \
+		tests/integration/test_console.py -k slow_transfer
 
 deb:
 	packaging/build-deb

@@ -20,9 +20,9 @@ NEWER_PREFIXES = {
     "1.2.840.10008.5.1.4.1.1.481.25": "RPp",
 }
 
-HEADER = '''"""Storage SOP classes and transfer syntaxes of DCMTK storescp, with DCMTK's file-name prefixes.
+HEADER = '''"""Storage SOP classes of DCMTK storescp, with DCMTK's file-name prefixes.
 
-The UID/name lists are parsed from the "DICOM Conformance" section of storescp's manual
+The UID/name list is parsed from the "DICOM Conformance" section of storescp's manual
 (docs/dcmtk-reference/parse_manpage.py).  Every prefix was verified against DCMTK 3.6.7: one
 minimal object per SOP class was sent with /usr/bin/storescu (-R +C) to `/usr/bin/storescp -od DIR`
 and the prefix read back from the written file name `<prefix>.<SOPInstanceUID>`
@@ -75,10 +75,7 @@ def main(result_path: str) -> None:
             assert c["prefix"] == "UNKNOWN", c
             prefix = NEWER_PREFIXES[uid]
         out.append(f'    ("{uid}", "{name}", "{prefix}"),\n')
-    out.append(")\n\nTRANSFER_SYNTAXES: dict[str, str] = {\n")
-    for name, uid in man["transfer_syntaxes"]:
-        out.append(f'    "{name}": "{uid}",\n')
-    out.append("}\n")
+    out.append(")\n")  # transfer syntaxes: storescpd/dicom/transfer_syntaxes.py, the one table of them
     newer = "\n".join(f'    "{u}",' for u in result["refused_without_pm"])
     out.append(FOOTER.format(newer=newer))
     sys.stdout.write("".join(out))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sqlite3
 import sys
 from typing import Sequence
 
@@ -22,8 +21,6 @@ from storescpd.config.settings import ConfigError
 from storescpd.config.load import to_toml
 from storescpd.control.ctl import main as ctl_main
 from storescpd.dicom.tls import list_ciphers
-from storescpd.store.journal_db import JournalUnavailable
-from storescpd.store.journal_rebuild import rebuild
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -96,6 +93,12 @@ def journal_main(argv: list[str]) -> int:
                          "set\n")
         return EXIT_CONFIG
     setup_logging(config.log_level, config.log_config)
+    # Imported here: the daemon itself never needs them in this process.
+    import sqlite3
+
+    from storescpd.store.journal_db import JournalUnavailable
+    from storescpd.store.journal_rebuild import rebuild
+
     try:
         result = rebuild(config.journal, config.output_directory, digest=config.journal_digest == "sha256",
                          replace=replace)

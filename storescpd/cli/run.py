@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import select
@@ -13,9 +14,9 @@ import threading
 import time
 from typing import Any, Sequence
 
-from storescpd.daemon import ipc
 from storescpd.store import journal, studies
 from storescpd.dicom import tls
+from storescpd.config.cmdline import load_config
 from storescpd.config.settings import Config, ConfigError
 from storescpd.daemon.listeners import bind_listener, inherited_sockets
 from storescpd.daemon.scp import serve_association
@@ -29,7 +30,7 @@ def run(config: Config, argv: Sequence[str]) -> int:
     take_notify_socket()
     if config.inetd:
         studies.use_local(config)
-        with journal.local(config):
+        with journal.local(config):  # with a journal: its writer is a thread of this process
             return run_inetd(config)
     inherited = inherited_sockets()
     if "connection" in inherited:
@@ -55,12 +56,14 @@ def run(config: Config, argv: Sequence[str]) -> int:
     tls.note_listeners(listeners)  # a dicom-tls listener keeps the dicom one plain
     if config.process_mode == "single":
         studies.use_local(config)  # study state and hooks in this process, as in DCMTK
-        with journal.local(config):  # its writer is a thread of this process
+        with journal.local(config):
             return run_single(config, listeners)
+    # Imported only here: the single-process and --inetd modes (a process per connection) never load them.
     from storescpd.control.plane import ControlPlane
+    from storescpd.daemon import ipc
     from storescpd.daemon.supervisor import Supervisor
 
-    supervisor = Supervisor(config, argv, listeners)
+    supervisor = Supervisor(config, listeners, reload_config=functools.partial(reload_config, argv))
     studies.SupervisorStudies(supervisor)  # study state spans workers and associations
     journal.install(supervisor, ipc.WorkerChannel)  # a writer child; workers spool receipts
     try:
@@ -69,6 +72,16 @@ def run(config: Config, argv: Sequence[str]) -> int:
         LOG.critical("%s", exc)
         return 1
     return supervisor.run()
+
+
+def reload_config(argv: Sequence[str]) -> Config:
+    """The configuration a reload applies: the same command line (and so the same file) read
+    again, through the same validation."""
+    config, control = load_config(argv)
+    if control.get("_help") or control.get("_version") or control.get("_list_ciphers"):
+        raise ConfigError("the command line (or a command file in it) now asks for help, the version or "
+                          "the cipher list instead of a configuration; remove that option to reload")
+    return config
 
 
 def run_inetd(config: Config) -> int:

@@ -77,7 +77,7 @@ def _add_flag(parser: argparse.ArgumentParser, setting: Setting, flag: Flag) -> 
     common: dict[str, Any] = {"dest": setting.name, "default": argparse.SUPPRESS}
     if flag.nargs == 0:
         parser.add_argument(*flag.spellings, action="store_const", const=flag.const, **common)
-    elif setting.type is list and setting.name.startswith("tls_") and flag.nargs == 1:
+    elif setting.type is list and flag.nargs == 1 and flag.const is None:  # repeatable
         parser.add_argument(*flag.spellings, action=_Append, **common)
     elif flag.const is not None:
         parser.add_argument(*flag.spellings, action=_StoreTagged, const=flag.const,

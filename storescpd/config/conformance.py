@@ -11,6 +11,7 @@ import sys
 from pydicom.uid import UID
 
 from storescpd import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, __version__
+from storescpd.config.ps38_cases import CASES, our_answer
 from storescpd.config.settings import BY_NAME, PREFERENCES
 from storescpd.dicom.negotiation import STORAGE_PREFERENCES
 from storescpd.dicom.sop_classes import NOT_IN_DCMTK_367, STORAGE_SOP_CLASSES, VERIFICATION_SOP_CLASS
@@ -43,13 +44,34 @@ permanent, service user, no reason), `--reject` without an Implementation Class 
 abstract syntax is one of the SOP classes below (any SOP class with `-pm`) and one of its transfer
 syntaxes is in the configured list; the first of *our* list that the peer proposed is chosen.
 As DCMTK's storescp, a request whose application context name is not 1.2.840.10008.3.1.1.1 is
-rejected (permanent, service user, application context name not supported), one whose protocol
-version lacks bit 0 too (permanent, service provider, protocol version not supported), and a
-context ID proposed more than once gets one answer, an acceptance if any of its proposals is.
-A peer that breaks the protocol gets an A-ABORT: among others, a presentation context without a
-transfer syntax, a P-DATA-TF without PDV items, a PDV fragment of odd length, one command set
-split over two presentation contexts, or a command set larger than 64 KiB.
+rejected (permanent, service user, application context name not supported), and one whose protocol
+version lacks bit 0 too (permanent, service provider, protocol version not supported).
+A peer that breaks the protocol during the association gets an A-ABORT: among others, a P-DATA-TF
+without PDV items, a PDV fragment of odd length, one command set split over two presentation
+contexts, or a command set larger than 64 KiB.
 
+## A-ASSOCIATE-RQs PS3.8 defines as invalid
+
+The A-ASSOCIATE-RQ is read as strictly as PS3.8 9.3.2 (and PS3.7 Annex D, for the user information)
+defines it, whichever negotiation answers it afterwards (the common request, SCP/SCU role selection,
+SOP class extended negotiation, `-xf` profiles, `-pm`), and none of the requests below is ever
+accepted as it stands:
+
+- an item or sub-item whose length disagrees with its content or runs past the item or PDU around
+  it, a UID longer than 64 bytes, a presentation context without a transfer syntax or with two
+  abstract syntaxes: an A-ABORT (service provider, invalid PDU parameter value);
+- no presentation context, or none with a valid ID: an A-ASSOCIATE-RJ (permanent, service provider
+  (ACSE), no reason given);
+- a presentation context whose ID is even, 0, or proposed more than once: refused in the
+  A-ASSOCIATE-AC (result 2, no reason (provider rejection)) while the other contexts are negotiated.
+  (An ID above 255 cannot be sent: the field is one byte.)
+
+Each gets a log line that names the case. Items and sub-items of unknown types are skipped, as
+DCMTK skips them. DCMTK 3.6.7 (measured with `/usr/bin/storescp` over a raw socket) accepts many of
+these requests, and to others sends no answer at all, holding the connection open:
+"""
+
+STATUS_CODES = """
 ## C-STORE status codes
 
 | status | meaning |
@@ -59,6 +81,13 @@ split over two presentation contexts, or a command set larger than 64 KiB.
 | 0xA900 | data set does not match SOP class: the command's SOP Class/Instance UID differs from the data set's |
 | 0xC000 | cannot understand: the data set cannot be parsed, is incomplete (it ends inside an element, sequence or item, or its deflate stream is cut), or its UIDs cannot name a file or folder |
 """
+
+
+def _invalid_request_table() -> list[str]:
+    lines = ["| request | defined in | storescpd | DCMTK 3.6.7 | in storescpd's log |", "|---|---|---|---|---|"]
+    for case in CASES:
+        lines.append(f"| {case.name} | {case.reference} | {our_answer(case)} | {case.dcmtk} | {case.log} |")
+    return lines
 
 
 def _transfer_syntax_section() -> list[str]:
@@ -84,7 +113,8 @@ def _sop_class_section() -> list[str]:
 
 
 def render() -> str:
-    return INTRO + "\n" + "\n".join(_transfer_syntax_section() + _sop_class_section()) + "\n"
+    return (INTRO + "\n" + "\n".join(_invalid_request_table()) + "\n" + STATUS_CODES + "\n"
+            + "\n".join(_transfer_syntax_section() + _sop_class_section()) + "\n")
 
 
 def main() -> int:

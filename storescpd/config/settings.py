@@ -659,6 +659,14 @@ SETTINGS: tuple[Setting, ...] = (
         reloadable=False,
     ),
     Setting(
+        "api_allowed_hosts", [], "names the API also answers to (the Host a browser or proxy sends) besides its "
+        "own address and localhost; any other Host gets 400",
+        G_DAEMON,
+        flags=(_value(None, "--api-allowed-host", "[n]ame: string",
+                      "the API also answers requests for host name n\n(repeatable)"),),
+        type=list, reloadable=False,
+    ),
+    Setting(
         "journal", None, "SQLite file of the receipt journal (one row per acknowledged object); unset: no journal",
         G_DAEMON,
         flags=(_value(None, "--journal", "[f]ilename: string",

@@ -49,7 +49,7 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("command", choices=COMMANDS)
     parser.add_argument("id", nargs="?", help="association id (abort)")
     parser.add_argument("--json", action="store_true", help="print the API's JSON instead of tables")
-    parser.add_argument("--api", help="HOST:PORT or unix:PATH")
+    parser.add_argument("--api", help="http://HOST:PORT/, HOST:PORT, [v6]:PORT or unix:PATH")
     parser.add_argument("--api-token-file", help="file holding the bearer token")
     parser.add_argument("--config", help="read api and api_token_file from this TOML file")
     parser.add_argument("--timeout", type=float, default=15.0, help="seconds to wait for an answer")
@@ -159,9 +159,11 @@ def format_status(s: dict[str, Any]) -> str:
     out = [
         f"storescpd {s['version']}, pid {s['pid']}, up {human_duration(s['uptime_seconds'])}, "
         f"{s['process_mode']} mode" + (f", stopping ({s['stopping']})" if s.get("stopping") else ""),
-        f"configuration: {s.get('config_file') or '(command line only)'}, loaded {s['config_loaded']}",
+        f"configuration: {s.get('config_file') or '(command line only)'}, generation {s.get('generation', '?')}, "
+        f"loaded {s['config_loaded']}",
         f"last reload:   {reload_text}",
-        f"output:        {s['output_directory']}",
+        f"output:        {s['output_directory']}"
+        + (f" ({human_bytes(s['output_free_bytes'])} free)" if s.get("output_free_bytes") is not None else ""),
         f"associations:  {s['active_associations']} running; "
         + ", ".join(f"{k} {v}" for k, v in t["associations"].items()),
         f"objects:       " + ", ".join(f"{k} {v}" for k, v in t["objects"].items())
@@ -268,7 +270,7 @@ def run(args: argparse.Namespace) -> int:
     config = _from_config(args.config) if not (args.api and args.api_token_file) else {}
     address = args.api or os.environ.get("STORESCPD_API") or config.get("api")
     if not address:
-        raise CtlError("no API address: pass --api HOST:PORT|unix:PATH, set STORESCPD_API, or set api in "
+        raise CtlError("no API address: pass --api http://HOST:PORT/ (or unix:PATH), set STORESCPD_API, or set api in "
                        f"{args.config or DEFAULT_CONFIG}", EXIT_USAGE)
     token_file = args.api_token_file or os.environ.get("STORESCPD_API_TOKEN_FILE") or config.get("api_token_file")
     client = ApiClient(address, token_file, args.timeout)

@@ -1,25 +1,29 @@
-"""Prometheus metrics, written by the supervisor alone (workers report events, it counts).
+"""Prometheus metrics: the one count of what the daemon did.
 
-The counters live in a registry of the supervisor process and are updated by an event hook
-(``Metrics.on_event``); the gauges are read from the supervisor's state when scraped. Every
-label value comes from a fixed set declared here: a peer can never create a time series (no
-AE titles, UIDs or free text in labels), so the registry does not grow with traffic or churn.
+Workers report events; the supervisor passes every event to its hooks and counts nothing
+itself. The counters live in a registry of the supervisor process and are updated by an event
+hook (``Metrics.on_event``); the gauges are read from the supervisor's state when scraped. The
+sd_notify STATUS line, ``/status`` and the tests read their totals from here. Every label value
+comes from a fixed set declared here: a peer can never create a time series (no AE titles, UIDs
+or free text in labels), so the registry does not grow with traffic or churn.
 """
 
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator, Mapping, cast
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from storescpd.daemon.supervisor import is_restart
+from storescpd.daemon.children import WORKER_KINDS, Child, is_restart
 from storescpd.dicom.tls import REASONS as TLS_FAILURE_REASONS
+from storescpd.messages import (AssociationEnded, ChildExited, Event, JournalError, Progress, Stored,
+                                TlsHandshakeFailed)
 
 if TYPE_CHECKING:
-    from storescpd.daemon.supervisor import Child, Supervisor
+    from storescpd.daemon.supervisor import Supervisor
 
 OUTCOMES = ("released", "aborted", "rejected")
 STORE_STATUSES = ("success", "warning", "failure")
@@ -95,7 +99,12 @@ class Metrics:
 
     def attach(self) -> "Metrics":
         self.supervisor.event_hooks.append(self.on_event)
+        self.supervisor.status_hooks.append(self.status_text)
         return self
+
+    def status_text(self) -> str:
+        """The totals the sd_notify STATUS line shows after the supervisor's live state."""
+        return f"{int(self.value('storescpd_objects_stored_total', status='success'))} objects stored"
 
     def text(self) -> bytes:
         """The Prometheus text exposition of everything."""
@@ -106,25 +115,30 @@ class Metrics:
         return self.registry.get_sample_value(name, labels) or 0.0
 
     # ---- the event hook --------------------------------------------------------
-    def on_event(self, kind: str, data: dict[str, Any], child: "Child | None") -> None:
+    def on_event(self, kind: Event, data: Mapping[str, Any], child: Child | None) -> None:
         handler = getattr(self, "_on_" + kind, None)
         if handler is not None:
             handler(data, child)
 
-    def _on_association_requested(self, data: dict[str, Any], child: "Child | None") -> None:
+    def _on_association_requested(self, data: Mapping[str, Any], child: Child | None) -> None:
         if child is not None:
             self._bytes_seen[child.pid] = 0
 
-    def _on_progress(self, data: dict[str, Any], child: "Child | None") -> None:
-        self._count_bytes(child, data.get("bytes"))
+    def _on_progress(self, data: Mapping[str, Any], child: Child | None) -> None:
+        self._count_bytes(child, cast(Progress, data).get("bytes"))
 
-    def _on_stored(self, data: dict[str, Any], child: "Child | None") -> None:
-        self.objects.labels(_one_of(data.get("status"), STORE_STATUSES, "failure")).inc()
-        duration = data.get("duration")
+    def _on_stored(self, data: Mapping[str, Any], child: Child | None) -> None:
+        stored = cast(Stored, data)
+        self.objects.labels(_one_of(stored.get("status"), STORE_STATUSES, "failure")).inc()
+        duration = stored.get("duration")
         if isinstance(duration, (int, float)) and duration >= 0:
             self.store_duration.observe(duration)
 
-    def _on_association_ended(self, data: dict[str, Any], child: "Child | None") -> None:
+    def _on_journal_error(self, data: Mapping[str, Any], child: Child | None) -> None:
+        self.journal_errors.labels(_one_of(cast(JournalError, data).get("kind"), JOURNAL_ERROR_KINDS, "database")).inc()
+
+    def _on_association_ended(self, payload: Mapping[str, Any], child: Child | None) -> None:
+        data = cast(AssociationEnded, payload)
         outcome = _one_of(data.get("outcome"), OUTCOMES, "aborted")
         self.associations.labels(outcome).inc()
         if outcome == "rejected":
@@ -134,38 +148,36 @@ class Metrics:
         if child is not None:
             self._bytes_seen.pop(child.pid, None)
 
-    def _on_tls_handshake_failed(self, data: dict[str, Any], child: "Child | None") -> None:
-        self.tls_failures.labels(_one_of(data.get("reason"), TLS_FAILURE_REASONS, "other")).inc()
+    def _on_tls_handshake_failed(self, data: Mapping[str, Any], child: Child | None) -> None:
+        reason = cast(TlsHandshakeFailed, data).get("reason")
+        self.tls_failures.labels(_one_of(reason, TLS_FAILURE_REASONS, "other")).inc()
 
-    def _on_journal_error(self, data: dict[str, Any], child: "Child | None") -> None:
-        self.journal_errors.labels(_one_of(data.get("kind"), JOURNAL_ERROR_KINDS, "database")).inc()
-
-    def _on_connection_timed_out(self, data: dict[str, Any], child: "Child | None") -> None:
+    def _on_connection_timed_out(self, data: Mapping[str, Any], child: Child | None) -> None:
         self.timed_out.inc()
 
-    def _on_reloaded(self, data: dict[str, Any], child: "Child | None") -> None:
+    def _on_reloaded(self, data: Mapping[str, Any], child: Child | None) -> None:
         self.reloads.labels("success").inc()
         self.last_reload_ok = True
 
-    def _on_reload_failed(self, data: dict[str, Any], child: "Child | None") -> None:
+    def _on_reload_failed(self, data: Mapping[str, Any], child: Child | None) -> None:
         self.reloads.labels("failure").inc()
         self.last_reload_ok = False
 
-    def _on_child_exited(self, data: dict[str, Any], child: "Child | None") -> None:
+    def _on_child_exited(self, data: Mapping[str, Any], child: Child | None) -> None:
         """Called before the supervisor forgets the child: its association is still in the table."""
         sup = self.supervisor
-        pid = data.get("pid")
-        self._bytes_seen.pop(pid, None)  # type: ignore[arg-type]
+        exited = cast(ChildExited, data)
+        self._bytes_seen.pop(exited["pid"], None)
         if child is None:
             return
-        if any(info.worker_pid == pid for info in sup.associations.values()):
+        if any(info.worker_pid == child.pid for info in sup.associations.values()):
             self.associations.labels("aborted").inc()  # the worker died mid-association
-        if is_restart(sup, child, int(data.get("code") or 0)):
+        if is_restart(child, exited["code"], sup.generation, bool(sup.stopping)):
             self.worker_restarts.inc()
         elif child.kind == "api" and not sup.stopping:
             self.api_restarts.inc()
 
-    def _count_bytes(self, child: "Child | None", total: Any) -> None:
+    def _count_bytes(self, child: Child | None, total: Any) -> None:
         if child is None or not isinstance(total, int):
             return
         seen = self._bytes_seen.get(child.pid, 0)
@@ -183,7 +195,7 @@ class _StateCollector(Collector):
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         sup = self.metrics.supervisor
         yield _gauge("storescpd_associations_active", "Associations running now", len(sup.associations))
-        live = [c for c in sup.children.values() if c.kind in ("worker", "fork")]
+        live = [c for c in sup.children.values() if c.kind in WORKER_KINDS]
         yield _gauge("storescpd_workers", "Worker processes alive (pool workers or fork children)", len(live))
         yield _gauge("storescpd_workers_busy", "Worker processes serving an association now",
                      sum(1 for c in live if c.busy))

@@ -19,6 +19,7 @@ import logging
 import socket
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 LOG = logging.getLogger("storescpd.access")
 
@@ -103,13 +104,13 @@ def _rules(text: str) -> list[tuple[int, str]]:
     return rules
 
 
-def _list_matches(field: str, matches: object) -> bool:
+def _list_matches(field: str, matches: Callable[[str], bool]) -> bool:
     """A pattern list with EXCEPT: "a b EXCEPT c" matches a or b unless c."""
     words = field.replace(",", " ").split()
     if "EXCEPT" in words:
         i = words.index("EXCEPT")
         return _list_matches(" ".join(words[:i]), matches) and not _list_matches(" ".join(words[i + 1:]), matches)
-    return any(matches(w) for w in words)  # type: ignore[operator]
+    return any(matches(w) for w in words)
 
 
 def _client_matches(pattern: str, c: Client, path: Path, number: int) -> bool:

@@ -9,9 +9,12 @@ as ``{"conn": {...}}`` with the socket's file descriptor attached (SCM_RIGHTS).
 from __future__ import annotations
 
 import json
+import os
 import socket
 import threading
-from typing import Any
+from typing import Any, Mapping
+
+from storescpd.messages import Ask
 
 MAX_PACKET = 65536
 
@@ -41,8 +44,6 @@ def receive(sock: socket.socket) -> tuple[dict[str, Any] | None, list[int]]:
 
 
 def _close_fd(fd: int) -> None:
-    import os
-
     try:
         os.close(fd)
     except OSError:
@@ -57,14 +58,15 @@ class WorkerChannel:
         self._lock = threading.Lock()
         self._next_id = 0
 
-    def emit(self, kind: str, data: dict[str, Any]) -> None:
+    def emit(self, kind: str, data: Mapping[str, Any]) -> None:
+        """Report an ``Event`` (typed ``str`` as the engine's ``emit`` callback is)."""
         try:
             with self._lock:
                 send(self.sock, {"event": kind, **data})
         except OSError:
             pass  # the supervisor is gone; the worker will notice in its main loop
 
-    def ask(self, kind: str, data: dict[str, Any], timeout: float = 10.0) -> Any:
+    def ask(self, kind: Ask, data: Mapping[str, Any], timeout: float = 10.0) -> Any:
         """A question only the supervisor can answer (it replies at once: it never blocks)."""
         with self._lock:
             self._next_id += 1

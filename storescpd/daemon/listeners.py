@@ -1,9 +1,13 @@
-"""Listening sockets: bound ourselves, or inherited from systemd (LISTEN_FDS)."""
+"""Listening sockets: bound ourselves (TCP, or a unix socket file), or inherited from systemd (LISTEN_FDS)."""
 
 from __future__ import annotations
 
 import os
 import socket
+import stat
+from pathlib import Path
+
+from storescpd.config.settings import ConfigError
 
 SD_LISTEN_FDS_START = 3
 
@@ -18,6 +22,39 @@ def bind_listener(host: str, port: int, backlog: int = 128) -> socket.socket:
     sock.listen(backlog)
     sock.set_inheritable(False)
     return sock
+
+
+def bind_unix(path: Path, mode: int, backlog: int) -> socket.socket:
+    """A listening unix socket at ``path`` with file mode ``mode`` from the start (no moment
+    where others could connect); a stale socket file of a dead process is replaced."""
+    remove_stale_socket(path)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old = os.umask(0o777 & ~mode)
+    try:
+        sock.bind(str(path))
+    finally:
+        os.umask(old)
+    os.chmod(path, mode)
+    sock.listen(backlog)
+    return sock
+
+
+def remove_stale_socket(path: Path) -> None:
+    """Remove a socket file left by a dead process; refuse when something still answers on it."""
+    try:
+        if not stat.S_ISSOCK(path.lstat().st_mode):
+            raise ConfigError(f"{path} exists and is not a socket: remove it or choose another path")
+    except FileNotFoundError:
+        return
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(str(path))
+    except OSError:
+        path.unlink(missing_ok=True)
+        return
+    finally:
+        probe.close()
+    raise ConfigError(f"{path} is in use by another process (another storescpd?): stop it or choose another path")
 
 
 def inherited_sockets() -> dict[str, list[socket.socket]]:

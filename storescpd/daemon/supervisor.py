@@ -1,126 +1,77 @@
 """The arbiter: single-threaded, owns the listening sockets, never speaks DICOM.
 
-It accepts connections but hands each to a worker only once the peer has sent something
-(the A-ASSOCIATE-RQ, or a TLS ClientHello): idle TCP connections cost one descriptor here
-and are closed after the ACSE timeout, so they can never occupy the workers a real peer
-needs. Workers report events; the supervisor keeps the association table and the counters,
-answers their questions (admission, studies) and the control socket, and reaps every child.
+One turn of its loop waits on the selector, runs the queued signals (handlers only enqueue),
+reaps every child, closes silent connections, hands ready ones on, keeps the pool full and tells
+systemd how it is. Accepted connections wait in the pending stage (``pending``) until the peer
+has sent its request; workers report events and ask questions on their channels in the words of
+``storescpd.messages``. The supervisor keeps the live association table (``associations``) and no
+counters: its observers (the metrics, the study service) hear every event through
+``event_hooks``, answer questions through ``ask_handlers``, run each turn through ``tick_hooks``,
+and add their words to the sd_notify STATUS line through ``status_hooks``.
 """
 
 from __future__ import annotations
 
-import errno
+import functools
 import logging
 import os
 import selectors
 import signal
 import socket
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, cast
 
-from storescpd.dicom import engine
-from storescpd.daemon import ipc
-from storescpd.config.settings import SETTINGS, Config, ConfigError
 from storescpd.config.logs import setup_logging
-from storescpd.store.storage import STAGING_DIR_NAME
+from storescpd.config.settings import SETTINGS, Config, ConfigError
+from storescpd.daemon import ipc
+from storescpd.daemon.associations import AssociationTable
+from storescpd.daemon.children import (STOPPED_WITH_THE_DAEMON, WORKER_KINDS, Child, Children, CrashGuard,
+                                       remove_staging_leftovers, reset_signals)
+from storescpd.daemon.pending import Pending, PendingConnections
 from storescpd.daemon.systemd import notify, reloading, watchdog_interval
-from storescpd.daemon.worker import WORKER_BOOT_ERROR, start_worker
-from storescpd.messages import Ask, Event
+from storescpd.daemon.worker import WORKER_BOOT_ERROR, serve_one, start_worker
+from storescpd.dicom import engine
+from storescpd.messages import Ask, ChildExited, Event, Idle, ReloadFailed
 
 LOG = logging.getLogger("storescpd.supervisor")
 
 TICK_SECONDS = 0.5
 HANDLED_SIGNALS = ("SIGTERM", "SIGINT", "SIGQUIT", "SIGHUP", "SIGCHLD", "SIGTTIN", "SIGTTOU")
-CRASH_WINDOW_SECONDS = 10.0
 INTERNAL_ERROR_LIMIT, INTERNAL_ERROR_WINDOW = 20, 10  # errors, seconds: then the supervisor gives up
-MAX_PENDING = 512  # silent connections held at once; past this the oldest is closed
-# A plain DICOM connection goes to a worker once its whole A-ASSOCIATE-RQ has arrived (or this much
-# of it): a peer that sends its request a byte at a time waits here, not in a worker.
-REQUEST_PEEK = 64 << 10
-CRASH_LIMIT = 10  # worker deaths without any association served in the window: stop re-forking
 EXIT_OK = 0
 EXIT_FAILURE = 1
 
-
-@dataclass
-class Child:
-    pid: int
-    kind: str  # "worker" (pool), "fork" (one association) or "hook"/"api"
-    generation: int
-    channel: socket.socket | None = None
-    busy: bool = False
-    retiring: bool = False  # reached --max-requests or told to stop: takes no more connections
-    served: int = 0
-    started: float = field(default_factory=time.time)
-    association: str | None = None
-    output_directory: str = ""  # -od when it was forked: where its staging files are
-
-
-def is_restart(supervisor: Any, child: Child, code: int) -> bool:
-    """A pool worker of the running generation that ended on its own: not a reload, a stop,
-    a boot failure, nor recycling (--max-requests, or retired as surplus: exit 0)."""
-    return (child.kind == "worker" and not supervisor.stopping and child.generation == supervisor.generation
-            and code != WORKER_BOOT_ERROR and not (child.retiring and code == 0))
-
-
-@dataclass
-class Pending:
-    sock: socket.socket
-    role: str
-    since: float
-
-
-@dataclass
-class AssociationInfo:
-    id: str
-    worker_pid: int
-    peer: str
-    started: float
-    calling_ae: str = ""
-    called_ae: str = ""
-    state: str = "negotiating"
-    objects_received: int = 0
-    bytes_received: int = 0
-    last_sop_class: str = ""
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "id": self.id, "peer": self.peer, "calling_ae": self.calling_ae, "called_ae": self.called_ae,
-            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(self.started)),
-            "worker_pid": self.worker_pid, "state": self.state, "objects_received": self.objects_received,
-            "bytes_received": self.bytes_received, "last_sop_class": self.last_sop_class,
-        }
+# An observer of every event: (what happened, its payload, the child that reported it or None).
+EventHook = Callable[[Event, Mapping[str, Any], Child | None], None]
+AskHandler = Callable[[Mapping[str, Any], Child], Any]  # (the question, who asks) -> the answer
 
 
 class Supervisor:
-    def __init__(self, config: Config, argv: Sequence[str], listeners: dict[str, list[socket.socket]],
-                 reload_config: Callable[[], Config] | None = None) -> None:
+    """The process that owns the listeners and every child; ``run()`` returns the exit code."""
+
+    def __init__(self, config: Config, listeners: dict[str, list[socket.socket]],
+                 reload_config: Callable[[], Config]) -> None:
         self.config = config
-        self.argv = list(argv)
         self.listeners = listeners
-        self.reload_config = reload_config or self._load_from_argv
+        self.reload_config = reload_config  # the new configuration, validated (SIGHUP, the API)
         self.mode = config.process_mode
         self.generation = 0
-        self.children: dict[int, Child] = {}
-        self.pending: dict[int, Pending] = {}
-        self.ready_queue: list[Pending] = []
-        self.associations: dict[str, AssociationInfo] = {}
-        self.counters: dict[str, int] = {}
+        self.selector = selectors.DefaultSelector()
+        self.children = Children(self.selector, self.on_message)
+        self.pending = PendingConnections(self.selector, self._silent_connection_closed)
+        self.associations = AssociationTable()
+        self.crash_guard = CrashGuard()
         self.signal_queue: list[int] = []
         self.stopping: str | None = None  # "graceful" or "quick"
         self.stop_deadline = 0.0
-        self.crashes: list[float] = []
         self.boot_failed = False
         self.started = time.time()
         self.config_loaded = time.time()
         self.last_reload: dict[str, Any] = {"result": None, "message": "", "time": None}
-        self.selector = selectors.DefaultSelector()
-        self.event_hooks: list[Callable[[str, dict[str, Any], Child], None]] = []
-        self.ask_handlers: dict[str, Callable[[dict[str, Any], Child], Any]] = {Ask.ADMIT: self._ask_admit}
+        self.event_hooks: list[EventHook] = []
+        self.ask_handlers: dict[str, AskHandler] = {Ask.ADMIT: self._ask_admit}
         self.tick_hooks: list[Callable[[float], None]] = []  # called every turn of the loop with time.time()
-        self._assoc_serial = 0
+        self.status_hooks: list[Callable[[], str]] = []  # words added to the STATUS line
         self._wakeup_r, self._wakeup_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._next_watchdog = 0.0
 
@@ -130,8 +81,8 @@ class Supervisor:
         for role, socks in self.listeners.items():
             for sock in socks:
                 sock.setblocking(False)
-                self.selector.register(sock, selectors.EVENT_READ, ("listener", role))
-        self.selector.register(self._wakeup_r, selectors.EVENT_READ, ("wakeup", None))
+                self.selector.register(sock, selectors.EVENT_READ, functools.partial(self.pending.accept, role=role))
+        self.selector.register(self._wakeup_r, selectors.EVENT_READ, self._drain_wakeup)
         engine.prepare(self.config)
         self.manage_workers()
         addresses = ", ".join(f"{role} {s.getsockname()}" for role, socks in self.listeners.items() for s in socks)
@@ -160,7 +111,8 @@ class Supervisor:
 
     def turn(self) -> int | None:
         """One turn of the loop; the exit code once the daemon is done."""
-        self.wait_for_events()
+        for key, _mask in self.selector.select(TICK_SECONDS):
+            key.data(key.fileobj)  # every registration's data is its handler
         self.handle_signals()
         self.reap_children()
         if self.boot_failed:
@@ -171,7 +123,7 @@ class Supervisor:
             notify("STATUS=stopped")
             LOG.info("stopped")
             return EXIT_OK
-        self.expire_pending()
+        self.pending.expire(self.config.acse_timeout)
         self.dispatch_ready()
         self.manage_workers()
         self.keepalive()
@@ -180,19 +132,10 @@ class Supervisor:
             tick(now)
         return None
 
-    def wait_for_events(self) -> None:
-        for key, _mask in self.selector.select(TICK_SECONDS):
-            kind, data = key.data
-            if kind == "listener":
-                self.accept(key.fileobj, data)  # type: ignore[arg-type]
-            elif kind == "pending":
-                self.connection_readable(key.fileobj)  # type: ignore[arg-type]
-            elif kind == "child":
-                self.read_child(data)
-            elif kind == "wakeup":
-                self._drain_wakeup()
-            elif callable(data):
-                data(key.fileobj)
+    def emit(self, kind: Event, data: Mapping[str, Any], child: Child | None) -> None:
+        """Tell every observer what happened."""
+        for hook in self.event_hooks:
+            hook(kind, data, child)
 
     # ---- signals: handlers only enqueue; the loop dispatches handle_<name> ---
     def _install_signals(self) -> None:
@@ -204,9 +147,9 @@ class Supervisor:
         if len(self.signal_queue) < 20:
             self.signal_queue.append(signum)
 
-    def _drain_wakeup(self) -> None:
+    def _drain_wakeup(self, fd: int) -> None:
         try:
-            while os.read(self._wakeup_r, 512):
+            while os.read(fd, 512):
                 pass
         except BlockingIOError:
             pass
@@ -247,130 +190,50 @@ class Supervisor:
         self.stop_deadline = time.monotonic() + (self.config.graceful_timeout if how == "graceful" else 0)
         notify("STOPPING=1", f"STATUS=stopping ({how}), {len(self.associations)} associations running")
         LOG.info("stopping (%s): %d associations running", how, len(self.associations))
-        for role, socks in self.listeners.items():
+        for socks in self.listeners.values():
             for sock in socks:
                 self.selector.unregister(sock)
                 sock.close()
         self.listeners = {}
-        for p in list(self.pending.values()) + self.ready_queue:
-            self._drop_pending(p)
-        self.ready_queue = []
-        sig = signal.SIGTERM if how == "graceful" else signal.SIGINT
-        self.stop_all(sig)
+        self.pending.close_all()
+        self.stop_all(signal.SIGTERM if how == "graceful" else signal.SIGINT)
 
     def stop_all(self, sig: int) -> None:
-        for child in list(self.children.values()):
-            if child.kind in ("worker", "fork", "api"):
-                self._kill(child.pid, sig)
+        self.children.signal_all(STOPPED_WITH_THE_DAEMON, sig)
 
     def drained(self) -> bool:
-        live = [c for c in self.children.values() if c.kind in ("worker", "fork", "api")]
+        live = [c for c in self.children.values() if c.kind in STOPPED_WITH_THE_DAEMON]
         if not live:
             return True
         if time.monotonic() >= self.stop_deadline:
             if self.stopping == "graceful" and any(c.busy for c in live):
                 LOG.warning("graceful timeout: aborting %d running associations", sum(c.busy for c in live))
-            for child in live:
-                self._kill(child.pid, signal.SIGKILL)
+            self.children.signal_all(STOPPED_WITH_THE_DAEMON, signal.SIGKILL)
             self.stop_deadline = time.monotonic() + 5
         return False
 
     # ---- connections ---------------------------------------------------------
-    def accept(self, listener: socket.socket, role: str) -> None:
-        for _ in range(64):
-            try:
-                conn, _addr = listener.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:
-                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                    # Out of descriptors: make room by closing the oldest silent connection,
-                    # rather than spinning on a listener that stays readable.
-                    LOG.error("cannot accept a connection: %s", exc.strerror)
-                    self._drop_oldest_pending()
-                    return
-                raise
-            conn.setblocking(False)
-            if len(self.pending) >= MAX_PENDING:
-                self._drop_oldest_pending()
-            pending = Pending(conn, role, time.monotonic())
-            self.pending[conn.fileno()] = pending
-            self.selector.register(conn, selectors.EVENT_READ, ("pending", None))
-
-    def _drop_oldest_pending(self) -> None:
-        if self.pending:
-            oldest = min(self.pending.values(), key=lambda p: p.since)
-            LOG.warning("%d connections wait silently for their association request: closing the oldest",
-                        len(self.pending))
-            self._close_silent(oldest)
-
-    def connection_readable(self, conn: socket.socket) -> None:
-        pending = self.pending.get(conn.fileno())
-        if pending is None or pending.sock is not conn:
-            return  # closed earlier in this batch of events (the oldest silent one, dropped for room)
-        if pending.role == "dicom" and not self._request_arrived(pending):
-            return
-        del self.pending[conn.fileno()]
-        self.selector.unregister(conn)
-        self.ready_queue.append(pending)
-
-    def _request_arrived(self, p: Pending) -> bool:
-        """Whether the connection's first PDU is all here (peeked, not read). Until it is, the
-        socket's receive low-water mark makes it readable only once the rest can be."""
-        try:
-            head = p.sock.recv(REQUEST_PEEK, socket.MSG_PEEK)
-        except (BlockingIOError, InterruptedError):
-            return False
-        except OSError:
-            head = b""
-        if not head:  # closed (or reset) before sending a request: nothing for a worker to do
-            self._drop_pending(p)
-            return False
-        if head[0] != engine.PDU_ASSOCIATE_RQ:
-            return True  # not an association request: the worker answers it with an A-ABORT now
-        announced = int.from_bytes(head[2:6], "big") if len(head) >= 6 else 0
-        if announced > engine.MAX_ASSOCIATE_PDU:
-            return True  # a request too large to accept: the worker aborts it now
-        needed = 6 if len(head) < 6 else min(6 + announced, REQUEST_PEEK)
-        complete = len(head) >= needed
-        try:
-            p.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, 1 if complete else needed)
-        except OSError:
-            return True  # cannot wait for the rest here: the worker's deadline still bounds it
-        return complete
-
-    def expire_pending(self) -> None:
-        limit = time.monotonic() - self.config.acse_timeout
-        for p in [p for p in self.pending.values() if p.since < limit]:
-            LOG.info("closing a connection that sent no association request within %d s", self.config.acse_timeout)
-            self._close_silent(p)
-
-    def _close_silent(self, p: Pending) -> None:
-        self.count("connections_timed_out")
-        for hook in self.event_hooks:
-            hook(Event.CONNECTION_TIMED_OUT, {}, None)  # type: ignore[arg-type]
-        self._drop_pending(p)
-
-    def _drop_pending(self, p: Pending) -> None:
-        if self.pending.pop(p.sock.fileno(), None) is not None:
-            self.selector.unregister(p.sock)
-        p.sock.close()
+    def _silent_connection_closed(self) -> None:
+        self.emit(Event.CONNECTION_TIMED_OUT, {}, None)
 
     def dispatch_ready(self) -> None:
-        while self.ready_queue:
-            p = self.ready_queue[0]
+        ready = self.pending.ready
+        while ready:
+            p = ready[0]
             if self.mode == "fork":
                 self.spawn_fork_child(p)
             else:
-                idle = next((c for c in self.children.values()
-                             if c.kind == "worker" and not c.busy and not c.retiring
-                             and c.generation == self.generation
-                             and c.channel is not None), None)  # a closed channel: it is exiting
+                idle = self._idle_worker()
                 if idle is None:
                     return
                 if not self.hand_over(idle, p):
                     continue  # that worker is gone: the connection waits for another
-            self.ready_queue.pop(0)
+            ready.popleft()
+
+    def _idle_worker(self) -> Child | None:
+        return next((c for c in self.children.values()
+                     if c.kind == "worker" and not c.busy and not c.retiring and c.generation == self.generation
+                     and c.channel is not None), None)  # a closed channel: it is exiting
 
     def hand_over(self, child: Child, p: Pending) -> bool:
         assert child.channel is not None
@@ -378,7 +241,7 @@ class Supervisor:
             ipc.send(child.channel, {"conn": {"role": p.role}}, [p.sock.fileno()])
         except OSError as exc:
             LOG.warning("cannot hand a connection to worker %d (%s): another worker takes it", child.pid, exc)
-            self._retire(child)  # gone, or its channel is stuck: either way it is replaced
+            self.children.retire(child)  # gone, or its channel is stuck: either way it is replaced
             return False
         child.busy = True
         p.sock.close()
@@ -395,173 +258,65 @@ class Supervisor:
                 return
         surplus = [c for c in current if not c.busy][: max(0, len(current) - self.config.workers)]
         for child in surplus:
-            self._retire(child)
-
-    def _retire(self, child: Child) -> None:
-        """Stop an idle worker: it is handed no connection from now on (it would drop it)."""
-        child.retiring = True
-        self._kill(child.pid, signal.SIGTERM)
+            self.children.retire(child)
 
     def spawn_worker(self) -> bool:
-        if self._crash_looping():
+        if self.crash_guard.looping():
             return False
-        return self._fork("worker", lambda channel: start_worker(self.config, channel, self.generation,
-                                                                 self.config.max_requests)) is not None
+        config, generation = self.config, self.generation
+        return self.fork("worker", lambda channel: start_worker(config, channel, generation,
+                                                                config.max_requests)) is not None
 
     def spawn_fork_child(self, p: Pending) -> None:
-        def child_main(channel: socket.socket) -> None:
-            from storescpd.daemon.worker import Worker
-
-            worker = Worker(self.config, channel, self.generation, 1)
-            worker._install_signals()
-            fd = os.dup(p.sock.fileno())
-            worker._serve(fd, {"role": p.role})
-            os._exit(0)
-
-        child = self._fork("fork", child_main, keep=p.sock)
+        config, generation = self.config, self.generation
+        child = self.fork("fork", lambda channel: serve_one(config, channel, generation, p.sock, p.role), keep=p.sock)
         if child is not None:
             child.busy = True
         p.sock.close()
 
-    def _fork(self, kind: str, target: Callable[[socket.socket], None], keep: socket.socket | None = None) -> Child | None:
-        parent_end, child_end = ipc.channel_pair()
-        try:
-            pid = os.fork()
-        except OSError as exc:
-            LOG.error("cannot fork a %s: %s", kind, exc.strerror)
-            parent_end.close()
-            child_end.close()
-            return None
-        if pid == 0:  # child
-            try:
-                parent_end.close()
-                self._become_child(keep)
-                target(child_end)
-            finally:
-                os._exit(1)
-        child_end.close()
-        child = Child(pid, kind, self.generation, parent_end, output_directory=str(self.config.output_directory))
-        self.children[pid] = child
-        parent_end.setblocking(False)
-        self.selector.register(parent_end, selectors.EVENT_READ, ("child", child))
-        return child
+    def fork(self, kind: str, target: Callable[[socket.socket], None], keep: socket.socket | None = None) -> Child | None:
+        """A new child running ``target(channel)``; it holds none of our descriptors but ``keep``."""
+        return self.children.fork(kind, target, self.generation, str(self.config.output_directory),
+                                  functools.partial(self._close_in_child, keep))
 
-    def _become_child(self, keep: socket.socket | None) -> None:
-        signal.set_wakeup_fd(-1)
-        for name in HANDLED_SIGNALS:
-            signal.signal(getattr(signal, name), signal.SIG_DFL)
+    def _close_in_child(self, keep: socket.socket | None) -> None:
+        reset_signals(HANDLED_SIGNALS)
         for socks in self.listeners.values():
             for sock in socks:
                 sock.close()
-        for p in self.pending.values():
-            if p.sock is not keep:
-                p.sock.close()
-        for p in self.ready_queue:
-            if p.sock is not keep:
-                p.sock.close()
-        for child in self.children.values():
-            if child.channel is not None:
-                child.channel.close()
+        for sock in self.pending.sockets():
+            if sock is not keep:
+                sock.close()
         self.selector.close()
         os.close(self._wakeup_r)
         os.close(self._wakeup_w)
 
     def reap_children(self) -> None:
         """One reaper for every kind of child (workers, fork children, hooks, API)."""
-        while True:
-            try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                return
-            if pid == 0:
-                return
-            code = os.waitstatus_to_exitcode(status)
-            child = self.children.pop(pid, None)
+        for pid, code, child in self.children.reaped():  # its last reports were read first
+            # Observers hear of it while its association is still in the table.
+            self.emit(Event.CHILD_EXITED, ChildExited(pid=pid, code=code), child)
             if child is not None:
-                self._drain_child(child)  # its last reports (a stored object) count before its exit
-            for hook in self.event_hooks:
-                hook(Event.CHILD_EXITED, {"pid": pid, "code": code}, child)  # type: ignore[arg-type]
-            if child is None:
-                continue
-            self._child_gone(child, code)
+                self._child_gone(child, code)
 
     def _child_gone(self, child: Child, code: int) -> None:
-        self._drain_child(child)
-        if child.channel is not None:
-            self.selector.unregister(child.channel)
-            child.channel.close()
-            child.channel = None
-        self._remove_staging_leftovers(child)
-        for assoc_id, info in list(self.associations.items()):
-            if info.worker_pid == child.pid:
-                LOG.warning("worker %d ended (exit %d) during the association of %s: counted as aborted",
-                            child.pid, code, info.peer)
-                self.associations.pop(assoc_id)
-                self.count("associations_total.aborted")
-        if code == WORKER_BOOT_ERROR and child.kind in ("worker", "fork"):
+        remove_staging_leftovers(child)
+        info = self.associations.forget_worker(child.pid)
+        if info is not None:
+            LOG.warning("worker %d ended (exit %d) during the association of %s: counted as aborted",
+                        child.pid, code, info.peer)
+        if code == WORKER_BOOT_ERROR and child.kind in WORKER_KINDS:
             self.boot_failed = True
             return
         if code != 0 and not self.stopping:
             LOG.warning("%s %d exited with %d", child.kind, child.pid, code)
-            if child.served == 0 and child.kind in ("worker", "fork"):  # an API crash must not stop workers
-                self.crashes.append(time.monotonic())
-        if is_restart(self, child, code):
-            self.count("worker_restarts")
-
-    def _crash_looping(self) -> bool:
-        horizon = time.monotonic() - CRASH_WINDOW_SECONDS
-        self.crashes = [t for t in self.crashes if t > horizon]
-        if len(self.crashes) >= CRASH_LIMIT:
-            LOG.error("%d workers died within %d s without serving: waiting before forking again",
-                      len(self.crashes), CRASH_WINDOW_SECONDS)
-            return True
-        return False
-
-    def _remove_staging_leftovers(self, child: Child) -> None:
-        """A dead child's partial files, in the output directory it was started with (a reload
-        may have changed -od since)."""
-        pid = child.pid
-        staging = Path(child.output_directory or self.config.output_directory) / STAGING_DIR_NAME
-        for leftover in staging.glob(f"{pid}-*.part"):
-            try:
-                leftover.unlink()
-                LOG.info("removed %s left by worker %d", leftover.name, pid)
-            except OSError:
-                pass
-
-    def _kill(self, pid: int, sig: int) -> None:
-        try:
-            os.kill(pid, sig)
-        except ProcessLookupError:
-            pass
+            if child.served == 0 and child.kind in WORKER_KINDS:  # an API crash must not stop workers
+                self.crash_guard.record()
 
     # ---- worker messages -----------------------------------------------------
-    def read_child(self, child: Child, limit: int = 100) -> bool:
-        """Handle up to ``limit`` messages of a child (a turn of the loop serves every child);
-        True if more may be waiting."""
-        if child.channel is None:  # closed earlier in this turn (EOF seen while catching up)
-            return False
-        for _ in range(limit):
-            try:
-                message, fds = ipc.receive(child.channel)
-            except (BlockingIOError, InterruptedError):
-                return False
-            except OSError:
-                return False
-            for fd in fds:
-                os.close(fd)
-            if message is None:
-                self.selector.unregister(child.channel)
-                child.channel.close()
-                child.channel = None
-                return False
-            self.on_message(child, message)
-        return True
-
-    def _drain_child(self, child: Child) -> None:
-        """Every report a dead child left (its channel holds a few hundred at most)."""
-        while self.read_child(child, limit=1000):
-            pass
+    def read_child(self, child: Child) -> None:
+        """Handle what a child has said so far (the study service catches up before it decides)."""
+        self.children.read(child)
 
     def on_message(self, child: Child, message: dict[str, Any]) -> None:
         if "ask" in message:
@@ -573,73 +328,30 @@ class Supervisor:
                 except OSError:
                     pass
             return
-        kind = message.pop("event", "")
-        self.on_event(kind, message, child)
+        self.on_event(message.pop("event", ""), message, child)
 
-    def on_event(self, kind: str, data: dict[str, Any], child: Child) -> None:
-        if kind == Event.ASSOCIATION_REQUESTED:
-            self._assoc_serial += 1
-            assoc_id = f"{child.pid}-{self._assoc_serial}"
-            child.association = assoc_id
-            self.associations[assoc_id] = AssociationInfo(
-                assoc_id, child.pid, data.get("peer", ""), time.time(), data.get("calling_ae", ""),
-                data.get("called_ae", ""))
-        elif kind == Event.ASSOCIATION_ACCEPTED:
-            info = self._info(child)
-            if info:
-                info.state = "established"
-        elif kind == Event.STORED:
-            info = self._info(child)
-            if info:
-                info.objects_received += 1
-                info.last_sop_class = data.get("sop_class", "")
-            self.count(f"objects_stored.{data.get('status', 'failure')}")
-        elif kind == Event.PROGRESS:
-            info = self._info(child)
-            if info:
-                info.bytes_received = data.get("bytes", info.bytes_received)
-        elif kind == Event.ASSOCIATION_ENDED:
-            outcome = data.get("outcome", "aborted")
-            self.count(f"associations_total.{outcome}")
-            self.count_bytes(data.get("bytes", 0))
-            if child.association:
-                self.associations.pop(child.association, None)
-            child.association = None
-        elif kind == Event.IDLE:
-            child.busy = False
-            child.retiring = child.retiring or bool(data.get("retiring"))
-            child.served = data.get("served", child.served)
-            if self.stopping or child.generation != self.generation:
-                self._retire(child)
-        for hook in self.event_hooks:
-            hook(kind, data, child)
+    def on_event(self, kind: str, data: Mapping[str, Any], child: Child) -> None:
+        try:
+            event = Event(kind)
+        except ValueError:
+            LOG.warning("%s %d reported an event storescpd does not know (%r): ignored", child.kind, child.pid, kind)
+            return
+        self.associations.on_event(event, data, child.pid)
+        if event == Event.IDLE:
+            self._worker_idle(child, cast(Idle, data))
+        self.emit(event, data, child)
 
-    def _info(self, child: Child) -> AssociationInfo | None:
-        return self.associations.get(child.association or "")
+    def _worker_idle(self, child: Child, idle: Idle) -> None:
+        child.busy = False
+        child.retiring = child.retiring or bool(idle.get("retiring"))
+        child.served = idle.get("served", child.served)
+        if self.stopping or child.generation != self.generation:
+            self.children.retire(child)
 
-    def _ask_admit(self, message: dict[str, Any], child: Child) -> str | None:
-        limit = self.config.max_associations
-        if limit and len(self.associations) > limit:
-            self.count("associations_rejected.local_limit")
-            return f"{len(self.associations) - 1} associations already running (max_associations = {limit})"
-        return None
-
-    def count(self, name: str, n: int = 1) -> None:
-        self.counters[name] = self.counters.get(name, 0) + n
-
-    def count_bytes(self, n: int) -> None:
-        self.count("received_bytes", int(n or 0))
+    def _ask_admit(self, message: Mapping[str, Any], child: Child) -> str | None:
+        return self.associations.admit(self.config.max_associations)
 
     # ---- reload --------------------------------------------------------------
-    def _load_from_argv(self) -> Config:
-        from storescpd.config.cmdline import load_config
-
-        config, control = load_config(self.argv)
-        if control.get("_help") or control.get("_version") or control.get("_list_ciphers"):
-            raise ConfigError("the command line (or a command file in it) now asks for help, the version or "
-                              "the cipher list instead of a configuration; remove that option to reload")
-        return config
-
     def reload(self) -> dict[str, Any]:
         """nginx's reload: validate completely; on failure keep the old configuration and say why."""
         if self.stopping:
@@ -649,21 +361,10 @@ class Supervisor:
         try:
             new = self.reload_config()
         except (ConfigError, OSError, ValueError) as exc:
-            failure: str | None = str(exc) or type(exc).__name__
+            return self._reload_failed(str(exc) or type(exc).__name__)
         except Exception as exc:  # a bug of ours must not stop a running daemon either
             LOG.exception("internal error while reading the new configuration")
-            failure = f"internal error while reading the new configuration: {type(exc).__name__}: {exc}"
-        else:
-            failure = None
-        if failure is not None:
-            message = failure
-            LOG.error("reload failed, keeping the running configuration: %s", message)
-            self.last_reload = {"result": "failure", "message": message, "time": time.time()}
-            self.count("config_reloads.failure")
-            for hook in self.event_hooks:
-                hook(Event.RELOAD_FAILED, {"message": message}, None)  # type: ignore[arg-type]
-            notify("READY=1", f"STATUS=reload failed: {message.splitlines()[0][:200]}; {self.status_line()}")
-            return self.last_reload
+            return self._reload_failed(f"internal error while reading the new configuration: {type(exc).__name__}: {exc}")
         fixed = [s.name for s in SETTINGS
                  if not s.reloadable and new.values.get(s.name) != self.config.values.get(s.name)]
         if fixed:
@@ -677,23 +378,30 @@ class Supervisor:
         self.config_loaded = time.time()
         for child in list(self.children.values()):
             if child.kind == "worker" and not child.busy:
-                self._retire(child)
+                self.children.retire(child)
         self.manage_workers()
         message = "configuration reloaded" + (f" ({', '.join(fixed)} need a restart)" if fixed else "")
         LOG.info(message)
         self.last_reload = {"result": "success", "message": message, "time": time.time()}
-        self.count("config_reloads.success")
-        for hook in self.event_hooks:
-            hook(Event.RELOADED, {}, None)  # type: ignore[arg-type]
+        self.emit(Event.RELOADED, {}, None)
         notify("READY=1", f"STATUS={self.status_line()}")
+        return self.last_reload
+
+    def _reload_failed(self, message: str) -> dict[str, Any]:
+        LOG.error("reload failed, keeping the running configuration: %s", message)
+        self.last_reload = {"result": "failure", "message": message, "time": time.time()}
+        self.emit(Event.RELOAD_FAILED, ReloadFailed(message=message), None)
+        notify("READY=1", f"STATUS=reload failed: {message.splitlines()[0][:200]}; {self.status_line()}")
         return self.last_reload
 
     # ---- status ----------------------------------------------------------------
     def status_line(self) -> str:
-        workers = sum(1 for c in self.children.values() if c.kind in ("worker", "fork"))
-        return ((f"stopping ({self.stopping}), " if self.stopping else "")
-                + f"{len(self.associations)} associations, {workers} workers, "
-                + f"{self.counters.get('objects_stored.success', 0)} objects stored")
+        """What sd_notify STATUS says: the live state, then what the status hooks add (the metrics'
+        totals, when they are attached)."""
+        workers = sum(1 for c in self.children.values() if c.kind in WORKER_KINDS)
+        parts = [f"stopping ({self.stopping})"] if self.stopping else []
+        parts += [f"{len(self.associations)} associations", f"{workers} workers"]
+        return ", ".join(parts + [status() for status in self.status_hooks])
 
     def keepalive(self) -> None:
         interval = watchdog_interval()

@@ -1,4 +1,10 @@
-"""sd_notify, small and honest: a no-op without NOTIFY_SOCKET; children never inherit it."""
+"""sd_notify, small and honest: a no-op without NOTIFY_SOCKET; children never inherit it.
+
+The socket address is taken out of the environment once, at start, so that no child (worker,
+API, hook) can speak for the daemon; each message is one datagram on a socket opened for it
+(close-on-exec, never held across a fork), UTF-8 encoded. Written here rather than with the
+``sdnotify`` package: docs/architecture.md ("Choices") says why.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +18,7 @@ _notify_socket: str | None = None
 def take_notify_socket() -> None:
     """Remember NOTIFY_SOCKET and remove it from the environment every child inherits."""
     global _notify_socket
-    _notify_socket = os.environ.pop("NOTIFY_SOCKET", None) or _notify_socket
+    _notify_socket = os.environ.pop("NOTIFY_SOCKET", None)
 
 
 def notify(*fields: str) -> bool:
@@ -20,7 +26,7 @@ def notify(*fields: str) -> bool:
     if not _notify_socket:
         return False
     address = _notify_socket
-    if address.startswith("@"):
+    if address.startswith("@"):  # an abstract socket
         address = "\0" + address[1:]
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
@@ -32,6 +38,7 @@ def notify(*fields: str) -> bool:
 
 
 def reloading() -> bool:
+    """RELOADING=1 with the MONOTONIC_USEC that systemd (Type=notify-reload) requires with it."""
     return notify("RELOADING=1", f"MONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}")
 
 

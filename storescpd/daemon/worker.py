@@ -128,6 +128,14 @@ class Worker:
 
 
 def start_worker(config: Config, channel: socket.socket, generation: int, max_requests: int) -> None:
-    """Entry in the child right after fork."""
+    """Entry in a pool worker right after fork."""
     sys.stdin.close()
     Worker(config, channel, generation, max_requests).run()
+
+
+def serve_one(config: Config, channel: socket.socket, generation: int, conn: socket.socket, role: str) -> None:
+    """Entry in a --fork child right after fork: serve the one connection, then exit."""
+    worker = Worker(config, channel, generation, 1)
+    worker._install_signals()
+    worker._serve(conn.detach(), {"role": role})
+    os._exit(WORKER_OK)

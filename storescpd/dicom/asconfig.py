@@ -11,60 +11,20 @@ with a broken file keeps the running configuration.
 from __future__ import annotations
 
 import re
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from pydicom.uid import UID_dictionary
 
 from storescpd.dicom.sop_classes import STORAGE_SOP_CLASSES, VERIFICATION_SOP_CLASS
+from storescpd.dicom import transfer_syntaxes
 
-_LOCAL, _OPPOSITE = ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2")[:: 1 if sys.byteorder == "little" else -1]
-
-# DCMTK's symbolic transfer syntax names (dcmdata's UID name map) where they differ from the
-# DICOM keywords pydicom knows.
+# DCMTK's symbolic transfer syntax names (dcmdata's UID name map), accepted besides the DICOM
+# keywords pydicom knows.
 DCMTK_TRANSFER_SYNTAX_NAMES: dict[str, str] = {
-    "LittleEndianImplicit": "1.2.840.10008.1.2",
-    "LittleEndianExplicit": "1.2.840.10008.1.2.1",
-    "BigEndianExplicit": "1.2.840.10008.1.2.2",
-    "LocalEndianExplicit": _LOCAL,
-    "OppositeEndianExplicit": _OPPOSITE,
-    "DeflatedLittleEndianExplicit": "1.2.840.10008.1.2.1.99",
-    "JPEGBaseline": "1.2.840.10008.1.2.4.50",
-    "JPEGExtended:Process2+4": "1.2.840.10008.1.2.4.51",
-    "JPEGExtended:Process3+5": "1.2.840.10008.1.2.4.52",
-    "JPEGSpectralSelection:Non-hierarchical:Process6+8": "1.2.840.10008.1.2.4.53",
-    "JPEGSpectralSelection:Non-hierarchical:Process7+9": "1.2.840.10008.1.2.4.54",
-    "JPEGFullProgression:Non-hierarchical:Process10+12": "1.2.840.10008.1.2.4.55",
-    "JPEGFullProgression:Non-hierarchical:Process11+13": "1.2.840.10008.1.2.4.56",
-    "JPEGLossless:Non-hierarchical:Process14": "1.2.840.10008.1.2.4.57",
-    "JPEGLossless:Non-hierarchical:Process15": "1.2.840.10008.1.2.4.58",
-    "JPEGLossless:Non-hierarchical-1stOrderPrediction": "1.2.840.10008.1.2.4.70",
-    "JPEGLSLossless": "1.2.840.10008.1.2.4.80",
-    "JPEGLSLossy": "1.2.840.10008.1.2.4.81",
-    "JPEG2000LosslessOnly": "1.2.840.10008.1.2.4.90",
-    "JPEG2000": "1.2.840.10008.1.2.4.91",
-    "JPEG2000MulticomponentLosslessOnly": "1.2.840.10008.1.2.4.92",
-    "JPEG2000Multicomponent": "1.2.840.10008.1.2.4.93",
-    "JPIPReferenced": "1.2.840.10008.1.2.4.94",
-    "JPIPReferencedDeflate": "1.2.840.10008.1.2.4.95",
-    "MPEG2MainProfile@MainLevel": "1.2.840.10008.1.2.4.100",
-    "FragmentableMPEG2MainProfile@MainLevel": "1.2.840.10008.1.2.4.100.1",
-    "MPEG2MainProfile@HighLevel": "1.2.840.10008.1.2.4.101",
-    "FragmentableMPEG2MainProfile@HighLevel": "1.2.840.10008.1.2.4.101.1",
-    "MPEG4HighProfile/Level4.1": "1.2.840.10008.1.2.4.102",
-    "FragmentableMPEG4HighProfile/Level4.1": "1.2.840.10008.1.2.4.102.1",
-    "MPEG4BDcompatibleHighProfile/Level4.1": "1.2.840.10008.1.2.4.103",
-    "FragmentableMPEG4BDcompatibleHighProfile/Level4.1": "1.2.840.10008.1.2.4.103.1",
-    "MPEG4HighProfile/Level4.2For2DVideo": "1.2.840.10008.1.2.4.104",
-    "FragmentableMPEG4HighProfile/Level4.2For2DVideo": "1.2.840.10008.1.2.4.104.1",
-    "MPEG4HighProfile/Level4.2For3DVideo": "1.2.840.10008.1.2.4.105",
-    "FragmentableMPEG4HighProfile/Level4.2For3DVideo": "1.2.840.10008.1.2.4.105.1",
-    "MPEG4StereoHighProfile/Level4.2": "1.2.840.10008.1.2.4.106",
-    "FragmentableMPEG4StereoHighProfile/Level4.2": "1.2.840.10008.1.2.4.106.1",
-    "HEVCMainProfile/Level5.1": "1.2.840.10008.1.2.4.107",
-    "HEVCMain10Profile/Level5.1": "1.2.840.10008.1.2.4.108",
-    "RLELossless": "1.2.840.10008.1.2.5",
+    **{ts.dcmtk_name: ts.uid for ts in transfer_syntaxes.TABLE},
+    "LocalEndianExplicit": transfer_syntaxes.LOCAL_EXPLICIT,
+    "OppositeEndianExplicit": transfer_syntaxes.OPPOSITE_EXPLICIT,
 }
 
 # DCMTK's SOP class names that are neither DICOM keywords nor in the storescp conformance list.

@@ -1,6 +1,6 @@
-"""Storage SOP classes and transfer syntaxes of DCMTK storescp, with DCMTK's file-name prefixes.
+"""Storage SOP classes of DCMTK storescp, with DCMTK's file-name prefixes.
 
-The UID/name lists are parsed from the "DICOM Conformance" section of storescp's manual
+The UID/name list is parsed from the "DICOM Conformance" section of storescp's manual
 (docs/dcmtk-reference/parse_manpage.py).  Every prefix was verified against DCMTK 3.6.7: one
 minimal object per SOP class was sent with /usr/bin/storescu (-R +C) to `/usr/bin/storescp -od DIR`
 and the prefix read back from the written file name `<prefix>.<SOPInstanceUID>`
@@ -211,37 +211,6 @@ STORAGE_SOP_CLASSES: tuple[tuple[str, str, str], ...] = (
     ("1.2.840.10008.5.1.4.34.7", "RTBeamsDeliveryInstructionStorage", "RTd"),
     ("1.2.840.10008.5.1.4.34.10", "RTBrachyApplicationSetupDeliveryInstructionStorage", "RTa"),
 )
-
-TRANSFER_SYNTAXES: dict[str, str] = {
-    "LittleEndianImplicitTransferSyntax": "1.2.840.10008.1.2",
-    "LittleEndianExplicitTransferSyntax": "1.2.840.10008.1.2.1",
-    "DeflatedExplicitVRLittleEndianTransferSyntax": "1.2.840.10008.1.2.1.99",
-    "BigEndianExplicitTransferSyntax": "1.2.840.10008.1.2.2",
-    "JPEGProcess1TransferSyntax": "1.2.840.10008.1.2.4.50",
-    "JPEGProcess2_4TransferSyntax": "1.2.840.10008.1.2.4.51",
-    "JPEGProcess14SV1TransferSyntax": "1.2.840.10008.1.2.4.70",
-    "JPEGLSLosslessTransferSyntax": "1.2.840.10008.1.2.4.80",
-    "JPEGLSLossyTransferSyntax": "1.2.840.10008.1.2.4.81",
-    "JPEG2000LosslessOnlyTransferSyntax": "1.2.840.10008.1.2.4.90",
-    "JPEG2000TransferSyntax": "1.2.840.10008.1.2.4.91",
-    "MPEG2MainProfileAtMainLevelTransferSyntax": "1.2.840.10008.1.2.4.100",
-    "FragmentableMPEG2MainProfile/MainLevelTransferSyntax": "1.2.840.10008.1.2.4.100.1",
-    "MPEG2MainProfileAtHighLevelTransferSyntax": "1.2.840.10008.1.2.4.101",
-    "FragmentableMPEG2MainProfil/tHighLevelTransferSyntax": "1.2.840.10008.1.2.4.101.1",
-    "MPEG4HighProfileLevel4_1TransferSyntax": "1.2.840.10008.1.2.4.102",
-    "FragmentableMPEG4HighProfileLevel4_1TransferSyntax": "1.2.840.10008.1.2.4.102.1",
-    "MPEG4BDcompatibleHighProfileLevel4_1TransferSyntax": "1.2.840.10008.1.2.4.103",
-    "FragmentableMPEG4BDcompatibleHighProfileLevel4_1T.S.": "1.2.840.10008.1.2.4.103.1",
-    "MPEG4HighProfileLevel4_2_For2DVideoTransferSyntax": "1.2.840.10008.1.2.4.104",
-    "FragmentableMPEG4HighProfileLevel4_2_For2DVideoTr.S.": "1.2.840.10008.1.2.4.104.1",
-    "MPEG4HighProfileLevel4_2_For3DVideoTransferSyntax": "1.2.840.10008.1.2.4.105",
-    "FragmentableMPEG4HighProfileLevel4_2_For3DVideoTr.S.": "1.2.840.10008.1.2.4.105.1",
-    "MPEG4StereoHighProfileLevel4_2TransferSyntax": "1.2.840.10008.1.2.4.106",
-    "FragmentableMPEG4StereoHighProfileLevel4_2TransferS.": "1.2.840.10008.1.2.4.106.1",
-    "HEVCMainProfileLevel5_1TransferSyntax": "1.2.840.10008.1.2.4.107",
-    "HEVCMain10ProfileLevel5_1TransferSyntax": "1.2.840.10008.1.2.4.108",
-    "RLELosslessTransferSyntax": "1.2.840.10008.1.2.5",
-}
 
 _PREFIX_BY_UID: dict[str, str] = {uid: prefix for uid, _, prefix in STORAGE_SOP_CLASSES}
 

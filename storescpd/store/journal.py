@@ -35,11 +35,11 @@ import threading
 import time
 from collections import deque
 from pathlib import Path
-from typing import Any, Callable, Iterator, Protocol
+from typing import Any, Callable, Iterator, Mapping, Protocol
 
 from storescpd.config.settings import Config
 from storescpd.messages import Ask, Event
-from storescpd.store.journal_db import JournalDatabase, Record, open_for_writing, sqlite_path, utc_text
+from storescpd.store.journal_db import JournalDatabase, Record, sqlite_path, utc_text
 
 LOG = logging.getLogger("storescpd.journal")
 
@@ -395,12 +395,12 @@ class JournalWriter:
     """Moves spooled records into the database and applies retention; the one writer."""
 
     def __init__(self, journal: str | os.PathLike[str], retention_days: int = 0, emit: Emit = _no_events,
-                 opener: Callable[[Path], JournalDatabase] = open_for_writing) -> None:
+                 opener: Callable[[Path], JournalDatabase] | None = None) -> None:
         self.path = sqlite_path(journal)
         self.spool = Spool(spool_directory(journal))
         self.retention_days = retention_days
         self.emit = emit
-        self.opener = opener
+        self.opener = opener or _open_sqlite
         self.db: JournalDatabase | None = None
         self.failing_since: float | None = None
         self.retry_at = 0.0
@@ -500,6 +500,13 @@ class JournalWriter:
         self.close()
 
 
+def _open_sqlite(path: Path) -> JournalDatabase:
+    # Imported here: a process that only spools receipts (a worker) never loads the database driver.
+    from storescpd.store.journal_sqlite import open_for_writing
+
+    return open_for_writing(path)
+
+
 def _try_lock(path: Path) -> int | None:
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
     try:
@@ -514,12 +521,15 @@ def _try_lock(path: Path) -> int | None:
 class _SupervisorLike(Protocol):
     config: Config
     stopping: str | None
-    children: dict[int, Any]
+    children: Mapping[int, Any]
+    associations: Any  # .of_worker(pid) -> the association a worker runs, with its .id
     ask_handlers: dict[str, Callable[..., Any]]
     event_hooks: list[Callable[..., None]]
     tick_hooks: list[Callable[[float], None]]
 
-    def _fork(self, kind: str, target: Callable[[Any], None], keep: Any = None) -> Any: ...
+    def fork(self, kind: str, target: Callable[[Any], None], keep: Any = None) -> Any: ...
+
+    def emit(self, kind: Event, data: Mapping[str, Any], child: Any) -> None: ...
 
 
 class SupervisorJournal:
@@ -537,14 +547,15 @@ class SupervisorJournal:
         self.started = 0.0
         self.stopping_sent = False
         self.replacing = False
-        supervisor.ask_handlers[Ask.ASSOCIATION_ID] = lambda message, child: getattr(child, "association", None)
+        supervisor.ask_handlers[Ask.ASSOCIATION_ID] = self.association_id
         supervisor.event_hooks.append(self.on_event)
         supervisor.tick_hooks.append(self.keep_alive)
-        use(Recorder(self.journal, emit=self._emit_here))
+        use(Recorder(self.journal, emit=lambda kind, data: supervisor.emit(Event(kind), data, None)))
 
-    def _emit_here(self, kind: str, data: dict[str, Any]) -> None:
-        for hook in self.supervisor.event_hooks:
-            hook(kind, data, None)
+    def association_id(self, message: Mapping[str, Any], child: Any) -> str | None:
+        """Answers a worker's "association_id": the id /associations shows for its association."""
+        info = self.supervisor.associations.of_worker(child.pid)
+        return info.id if info is not None else None
 
     def on_event(self, kind: str, data: dict[str, Any], child: Any) -> None:
         if kind == Event.RELOADED and self.supervisor.config.journal_retention_days != self.retention_days:
@@ -575,7 +586,7 @@ class SupervisorJournal:
         if mono < self.next_start:
             return
         self.started = mono
-        child = sup._fork("journal", self._writer_main)
+        child = sup.fork("journal", self._writer_main)
         if child is not None:
             self.pid = child.pid
 

@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from storescpd.store.journal import file_sha256
-from storescpd.store.journal_db import JournalDatabase, Record, open_for_writing, utc_text
+from storescpd.store.journal_db import JournalDatabase, Record, utc_text
+from storescpd.store.journal_sqlite import open_for_writing
 
 LOG = logging.getLogger("storescpd.journal")
 

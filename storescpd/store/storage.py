@@ -23,6 +23,9 @@ from pydicom.uid import generate_uid
 
 from storescpd import UID_ROOT
 from storescpd.dicom.sop_classes import file_prefix
+from storescpd.dicom.transfer_syntaxes import DEFLATED_LE as _DEFLATED
+from storescpd.dicom.transfer_syntaxes import EXPLICIT_BE as _EXPLICIT_BE
+from storescpd.dicom.transfer_syntaxes import IMPLICIT_LE as _IMPLICIT_LE
 
 LOG = logging.getLogger("storescpd.storage")
 
@@ -275,7 +278,6 @@ class Identifiers:
     modality: str | None = None
 
 
-_DEFLATED = "1.2.840.10008.1.2.1.99"
 _LAST_TAG_NEEDED = 0x0020000E
 _DEFLATED_PEEK = 4 << 20
 
@@ -286,8 +288,6 @@ _WANTED = {0x00080005: "specific_character_set", 0x00080016: "sop_class_uid", 0x
 _DESCRIPTIVE = frozenset({"series_instance_uid", "patient_id", "modality"})  # the journal's: never refuse for them
 _LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
 _SCAN_WINDOW = 1 << 20
-_IMPLICIT_LE = "1.2.840.10008.1.2"
-_EXPLICIT_BE = "1.2.840.10008.1.2.2"
 
 
 def _identifiers_from(found: dict[str, bytes]) -> Identifiers:

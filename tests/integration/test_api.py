@@ -21,7 +21,7 @@ from tests.support.daemons import Daemon
 from tests.support.dicomfiles import make_object
 from tests.support.paths import DCMTK, ROOT, STORESCPD, TEST_FILES
 from tests.support.peers import PEER_ENV, echoscu, require_dcmtk, storescu
-from tests.support.processes import children_of, free_port, stop_process, wait_listening
+from tests.support.processes import children_of, free_port, stop_process, wait_listening, wait_until
 
 TOKEN = "0123456789abcdef0123456789abcdef"
 
@@ -47,13 +47,12 @@ def slow_storescu(port: int, path: Path) -> subprocess.Popen:
 
 
 def wait_for_association(api: Api, timeout: float = 15.0) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    """The first association in /associations, once it is established."""
+    def established() -> dict[str, Any] | None:
         items = api.get("/associations").json()
-        if items and items[0]["state"] == "established":
-            return items[0]
-        time.sleep(0.05)
-    raise AssertionError("no association showed up in /associations")
+        return items[0] if items and items[0]["state"] == "established" else None
+
+    return wait_until(established, timeout, "an established association in /associations")
 
 
 # ---- live associations -------------------------------------------------------------------------
@@ -73,7 +72,7 @@ def test_slow_transfer_shows_in_associations_with_growing_bytes(daemon_factory, 
             response = api.get(f"/associations/{first['id']}")
             if response.status_code == 200:
                 seen.append(response.json()["bytes_received"])
-            time.sleep(0.2)
+            time.sleep(0.2)  # the sampling pace: a 4 s transfer gives about 20 samples
         assert peer.wait(30) == 0, peer.stdout.read() if peer.stdout else ""
     finally:
         if peer.poll() is None:
@@ -94,13 +93,11 @@ def test_objects_stored_rises_by_exactly_n_and_metrics_parse(daemon_factory) -> 
     assert storescu(d.port, files).returncode == 0
     assert storescu(d.port, files[:2]).returncode == 0
     assert echoscu(d.port).returncode == 0
-    deadline = time.monotonic() + 10
-    while True:  # association_ended reaches the supervisor just after the peer's release
-        after = api.metrics()
-        if sample(after, "storescpd_associations_total", outcome="released") - \
-                sample(before, "storescpd_associations_total", outcome="released") >= 3 or time.monotonic() > deadline:
-            break
-        time.sleep(0.05)
+    released = lambda metrics: sample(metrics, "storescpd_associations_total", outcome="released")  # noqa: E731
+    # association_ended reaches the supervisor just after the peer's release
+    wait_until(lambda: released(api.metrics()) - released(before) >= 3, 10,
+               lambda: f"3 more released associations (got {released(api.metrics()) - released(before)})")
+    after = api.metrics()
     delta = lambda name, **labels: sample(after, name, **labels) - sample(before, name, **labels)  # noqa: E731
     assert delta("storescpd_objects_stored_total", status="success") == 5
     assert delta("storescpd_objects_stored_total", status="failure") == 0
@@ -117,15 +114,15 @@ def test_objects_stored_rises_by_exactly_n_and_metrics_parse(daemon_factory) -> 
     status = api.get("/status").json()
     assert status["totals"]["objects"]["success"] == 5 and status["process_mode"] == "prefork"
     assert len(status["workers"]) == 2 and sum(w["associations_served"] for w in status["workers"]) == 3
+    # systemd's STATUS line reads the same count (the supervisor keeps none of its own)
+    d.notify.wait_for("STATUS=0 associations, 2 workers, 5 objects stored", timeout=12)
 
 
 def test_rejections_counted_by_fixed_reason(daemon_factory) -> None:
     d, api = api_daemon(daemon_factory, "--refuse")
     assert echoscu(d.port, "-aet", "SOME_AE_TITLE").returncode != 0
-    deadline = time.monotonic() + 10
-    while sample(api.metrics(), "storescpd_associations_rejected_total", reason="refused") < 1:
-        assert time.monotonic() < deadline, api.get("/metrics").text
-        time.sleep(0.05)
+    wait_until(lambda: sample(api.metrics(), "storescpd_associations_rejected_total", reason="refused") >= 1, 10,
+               lambda: f"a refused association counted:\n{api.get('/metrics').text}")
     text = api.get("/metrics").text
     assert "SOME_AE_TITLE" not in text
     assert sample(api.metrics(), "storescpd_associations_total", outcome="rejected") == 1
@@ -150,10 +147,7 @@ def test_delete_aborts_a_running_association(daemon_factory, tmp_path: Path) -> 
     assert time.monotonic() - started < 10
     assert peer.returncode != 0
     assert "Abort" in output or "abort" in output, output
-    deadline = time.monotonic() + 10
-    while api.get("/associations").json() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert api.get("/associations").json() == []
+    wait_until(lambda: api.get("/associations").json() == [], 10, "the aborted association gone from /associations")
     assert d.stored_files() == []
     staging = d.output / ".storescpd-staging"
     assert not staging.exists() or list(staging.iterdir()) == []
@@ -200,7 +194,7 @@ def test_objects_received_and_last_sop_class_update_while_running(daemon_factory
             if response.status_code == 200:
                 body = response.json()
                 seen.append((body["objects_received"], body["last_sop_class"]))
-            time.sleep(0.1)
+            time.sleep(0.1)  # the sampling pace: about 10 samples per object held 1 s
         assert peer.wait(30) == 0, peer.stdout.read() if peer.stdout else ""
     finally:
         if peer.poll() is None:
@@ -219,14 +213,12 @@ def test_readyz_follows_the_output_directory(daemon_factory) -> None:
     assert api.get("/readyz").json()["checks"]["output_writable"] is True
 
     def wait_ready(code: int) -> dict[str, Any]:
-        deadline = time.monotonic() + 10
-        for _ in range(100):
+        def answer_if_code() -> dict[str, Any] | None:
             response = api.get("/readyz")
-            if response.status_code == code or time.monotonic() > deadline:
-                break
-            time.sleep(0.1)
-        assert response.status_code == code, response.text
-        return response.json()
+            return response.json() if response.status_code == code else None
+
+        return wait_until(answer_if_code, 10, lambda: f"/readyz answering {code}: {api.get('/readyz').text}",
+                          interval=0.1)
 
     shutil.rmtree(d.output)
     gone = wait_ready(503)
@@ -251,10 +243,7 @@ def test_token_required_for_mutating_calls(daemon_factory, tmp_path: Path) -> No
     assert api.client.delete("/associations/1-1").status_code == 401
     good = api.client.post("/reload", headers={"Authorization": f"Bearer {TOKEN}"})
     assert good.status_code == 200
-    deadline = time.monotonic() + 5
-    while d.log().count("401") < 3 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert "API: 401 for POST /reload from 127.0.0.1" in d.log()
+    d.wait_for_log("API: 401 for POST /reload from 127.0.0.1", 5)
 
 
 def test_tcp_outside_loopback_needs_the_token_for_reads_but_not_probes(daemon_factory, tmp_path: Path) -> None:
@@ -428,8 +417,6 @@ def test_churn_leaves_metrics_latency_and_run_directory_flat(daemon_factory, tmp
     assert last <= max(3 * first, first + 0.05), report
     assert footprint[-1] == footprint[0], report
     assert rss[-1] <= rss[0] * 1.25 + 4096, report
-    deadline = time.monotonic() + 10
-    while sample(api.metrics(), "storescpd_associations_total", outcome="released") < done:
-        assert time.monotonic() < deadline
-        time.sleep(0.1)
+    wait_until(lambda: sample(api.metrics(), "storescpd_associations_total", outcome="released") >= done, 10,
+               f"all {done} associations counted as released")
     assert len(api.metrics()) < 200  # the series do not multiply with associations or workers

@@ -15,12 +15,12 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from tests.support.daemons import NotifyListener
+from tests.support.daemons import Daemon, NotifyListener
 from tests.support.dicomfiles import make_object
 from tests.support.paths import DCMTK, STORESCPD, TEST_FILES
 from tests.support.pdus import associate_rq
 from tests.support.peers import PEER_ENV, echoscu, require_dcmtk, start_storescu, storescu
-from tests.support.processes import children_of, free_port, stop_process, wait_listening
+from tests.support.processes import children_of, free_port, stop_process, wait_listening, wait_until
 
 
 def setup_module() -> None:
@@ -103,6 +103,7 @@ class SlowSender:
         self.request = associate_rq()
         self.interval = interval
         self.closed_after: float | None = None
+        self.sent = 0
         self.started = time.monotonic()
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
@@ -113,7 +114,8 @@ class SlowSender:
                 self.sock.sendall(bytes([byte]))
             except OSError:
                 break
-            time.sleep(self.interval)
+            self.sent += 1
+            time.sleep(self.interval)  # the pacing is the point: a peer that is slow, not silent
             if time.monotonic() - self.started > 30:
                 break
         self.closed_after = time.monotonic() - self.started
@@ -128,7 +130,7 @@ def test_slow_association_requests_never_hold_the_workers(daemon_factory, mode: 
     d = daemon_factory(*mode, "--max-associations", "2", "-ta", "3")
     slow = [SlowSender(d.port, 0.5) for _ in range(4)]
     try:
-        time.sleep(1.5)  # every slow peer has sent a few bytes by now
+        wait_until(lambda: all(peer.sent >= 3 for peer in slow), 10, "every slow peer has sent a few bytes")
         started = time.monotonic()
         result = echoscu(d.port, timeout=20)
         elapsed = time.monotonic() - started
@@ -164,48 +166,72 @@ def test_idle_connection_closed_after_acse_timeout(daemon_factory) -> None:
         s.close()
 
 
+def _cpu_seconds(pid: int) -> float:
+    """utime + stime of one process (its children not included), from /proc/<pid>/stat."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _open_fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+@pytest.mark.parametrize("mode", [("--workers", "2"), ("--fork",)], ids=["prefork", "fork"])
+def test_half_sent_requests_are_closed_at_once(daemon_factory, mode: tuple[str, ...]) -> None:
+    """A peer that sends part of its A-ASSOCIATE-RQ and closes: the pending connection ends in the
+    same turn of the loop (no spinning on a socket that stays readable at end of file)."""
+    d = daemon_factory(*mode)  # ACSE timeout 30 s: only the end of file can close them in time
+    baseline_fds, cpu_before = _open_fds(d.pid), _cpu_seconds(d.pid)
+    half = associate_rq()[:20]  # the header announces the whole request; 14 bytes of it follow
+    peers = []
+    try:
+        for _ in range(100):
+            peer = socket.create_connection(("127.0.0.1", d.port), timeout=5)
+            peer.sendall(half)
+            peers.append(peer)
+    finally:
+        for peer in peers:
+            peer.close()
+    wait_until(lambda: _open_fds(d.pid) <= baseline_fds, 1.0,
+               f"the supervisor's descriptors back to {baseline_fds} after 100 half-sent requests", interval=0.02)
+    time.sleep(1.0)  # a supervisor spinning on end of file would burn this second
+    spent = _cpu_seconds(d.pid) - cpu_before
+    assert spent < 0.5, f"the supervisor spent {spent:.2f} s of CPU on 100 half-sent requests"
+    assert echoscu(d.port).returncode == 0
+
+
 def test_sigkill_worker_mid_transfer(daemon_factory, tmp_path: Path) -> None:
     big = make_object(tmp_path / "big.dcm", 200)
     small = TEST_FILES / "CT_small.dcm"
     d = daemon_factory("--workers", "3", "-v")
     sender = start_storescu(d.port, big)
-    staging = d.output / ".storescpd-staging"
-    victim = None
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and victim is None:
-        for part in staging.glob("*.part"):
-            if part.stat().st_size > 20 << 20:
-                victim = int(part.name.split("-")[0])
-        time.sleep(0.05)
-    assert victim is not None, "the big transfer never started"
+    staging = d.staging
+
+    def worker_20_mib_into_it() -> int | None:
+        return next((worker_of(part) for part in d.partial_files() if part.stat().st_size > 20 << 20), None)
+
+    victim = wait_until(worker_20_mib_into_it, 30, "the big transfer 20 MiB in")
     os.kill(victim, signal.SIGKILL)
     assert sender.wait(30) != 0  # the peer sees the association end
     other = storescu(d.port, [small])
     assert other.returncode == 0, other.stderr
     names = [p.name for p in d.stored_files()]
     assert names == ["CT.1.3.6.1.4.1.5962.1.1.1.1.1.20040119072730.12322"]
-    deadline = time.monotonic() + 10
-    while list(staging.glob(f"{victim}-*.part")) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert not list(staging.glob(f"{victim}-*.part"))
-    deadline = time.monotonic() + 10
-    while len(children_of(d.pid)) < 3 and time.monotonic() < deadline:
-        time.sleep(0.1)
+    wait_until(lambda: not list(staging.glob(f"{victim}-*.part")), 10, "the killed worker's partial file removed")
+    wait_until(lambda: len(children_of(d.pid)) >= 3, 10, "the killed worker replaced")
     assert len(children_of(d.pid)) == 3 and victim not in children_of(d.pid)
 
 
-def staging_pids(staging: Path) -> set[int]:
-    return {int(p.name.split("-")[0]) for p in staging.glob("*.part")}
+def worker_of(part: Path) -> int:
+    """The PID of the worker receiving into a staging file (``<pid>-<n>-<attempt>.part``)."""
+    return int(part.name.split("-")[0])
 
 
-def wait_new_staging_pid(staging: Path, known: set[int], timeout: float = 10.0) -> int:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        new = staging_pids(staging) - known
-        if new:
-            return new.pop()
-        time.sleep(0.05)
-    raise AssertionError(f"no new transfer in {staging} within {timeout} s (known workers {known})")
+def wait_new_staging_pid(d: Daemon, known: set[int], timeout: float = 10.0) -> int:
+    """The worker of a transfer that started beside those of the `known` workers."""
+    new = wait_until(lambda: {worker_of(p) for p in d.partial_files()} - known, timeout,
+                     f"a new transfer in {d.staging} (known workers {known})")
+    return new.pop()
 
 
 def test_sigkill_worker_spares_the_association_running_beside_it(daemon_factory, tmp_path: Path) -> None:
@@ -213,13 +239,12 @@ def test_sigkill_worker_spares_the_association_running_beside_it(daemon_factory,
     victim_file = make_object(tmp_path / "victim.dcm", 0, columns=8, seed=1)
     other_file = make_object(tmp_path / "other.dcm", 0, columns=8, seed=2)
     d = daemon_factory("--workers", "3", "-pdu", "4096", "--sleep-during", "1", "-v")
-    staging = d.output / ".storescpd-staging"
     victim_sender = start_storescu(d.port, victim_file)
     try:
-        victim = wait_new_staging_pid(staging, set())
+        victim = wait_new_staging_pid(d, set())
         other_sender = start_storescu(d.port, other_file)
         try:
-            other_worker = wait_new_staging_pid(staging, {victim})
+            other_worker = wait_new_staging_pid(d, {victim})
             assert other_sender.poll() is None and victim_sender.poll() is None
             os.kill(victim, signal.SIGKILL)
             assert victim_sender.wait(30) != 0  # its peer sees the association end
@@ -233,10 +258,7 @@ def test_sigkill_worker_spares_the_association_running_beside_it(daemon_factory,
     received = pydicom.dcmread(stored)
     assert stored.name == f"SC.{expected.SOPInstanceUID}"
     assert received.PixelData == expected.PixelData
-    deadline = time.monotonic() + 10
-    while list(staging.glob("*.part")) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert list(staging.glob("*.part")) == []  # the killed worker's partial file is gone
+    d.wait_no_partial_files()  # the killed worker's partial file is gone
     assert other_worker in children_of(d.pid) and victim not in children_of(d.pid)
 
 
@@ -313,7 +335,7 @@ def test_reload_changes_output_directory_for_new_associations(daemon_factory, tm
     slow = make_object(tmp_path / "slow.dcm", 0, columns=8)  # 16 KB: four 4 KB PDUs, 1 s each
     d = daemon_factory("--config", str(cfg), output=first, od=False)
     running = start_storescu(d.port, slow)
-    time.sleep(0.5)
+    d.wait_for_transfer()  # begun under the first configuration
     write_config(cfg, output_directory=str(second), workers=2)
     os.kill(d.pid, signal.SIGHUP)
     d.notify.wait_for("RELOADING=1")
@@ -333,10 +355,7 @@ def test_reload_applies_a_new_log_level(daemon_factory, tmp_path: Path) -> None:
     os.kill(d.pid, signal.SIGHUP)
     d.notify.wait_for("READY=1", after="RELOADING=1")
     assert echoscu(d.port).returncode == 0
-    deadline = time.monotonic() + 10
-    while "association from ECHOSCU" not in d.log() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    log = d.log()
+    log = d.wait_for_log("association from ECHOSCU")
     assert log.count("association from ECHOSCU") == 1, log  # the second one only: warn, then info
     assert "configuration reloaded" in log
 
@@ -345,7 +364,7 @@ def test_sigterm_during_transfer_lets_it_complete(daemon_factory, tmp_path: Path
     slow = make_object(tmp_path / "slow.dcm", 0, columns=8)
     d = daemon_factory("--workers", "2", "-pdu", "4096", "--sleep-during", "1")
     running = start_storescu(d.port, slow)
-    time.sleep(0.7)
+    d.wait_for_transfer()
     assert d.stop(signal.SIGTERM, timeout=60) == 0
     assert running.wait(30) == 0
     assert len(d.stored_files()) == 1
@@ -355,7 +374,7 @@ def test_graceful_timeout_aborts_what_is_still_running(daemon_factory, tmp_path:
     slow = make_object(tmp_path / "slow.dcm", 0, columns=8)  # 16 KB in 4 KB PDUs, 1 s each
     d = daemon_factory("--workers", "2", "-pdu", "4096", "--sleep-during", "1", "--graceful-timeout", "1")
     running = start_storescu(d.port, slow)
-    time.sleep(0.7)
+    d.wait_for_transfer()
     started = time.monotonic()
     assert d.stop(signal.SIGTERM, timeout=30) == 0
     assert time.monotonic() - started < 4, "the stop waited for the whole transfer"
@@ -406,7 +425,7 @@ def test_max_associations_rejects_transient_local_limit(daemon_factory, tmp_path
     d = daemon_factory("--workers", "3", "--max-associations", "1", "-pdu", "4096", "--sleep-during", "1")
     running = start_storescu(d.port, slow)
     try:
-        time.sleep(1.0)
+        d.wait_for_transfer()  # the association holds the one place
         result = echoscu(d.port, "-v")
         assert result.returncode != 0
         assert "Association Rejected" in result.stderr and "Transient" in result.stderr, result.stderr
@@ -436,7 +455,7 @@ def test_sigint_is_a_quick_stop(daemon_factory, tmp_path: Path) -> None:
     slow = make_object(tmp_path / "slow.dcm", 0, columns=8)
     d = daemon_factory("--workers", "2", "-pdu", "4096", "--sleep-during", "2")
     running = start_storescu(d.port, slow)
-    time.sleep(1.0)
+    d.wait_for_transfer()
     started = time.monotonic()
     assert d.stop(signal.SIGINT, timeout=30) == 0
     assert time.monotonic() - started < 5  # does not wait for the transfer (about 8 s more)
@@ -526,7 +545,7 @@ def test_single_process_graceful_timeout_cuts_a_long_association(limit: str, dae
     slow = make_object(tmp_path / "slow.dcm", 0, columns=16)  # 32 KB in 4 KB PDUs, 1 s each
     d = daemon_factory("--single-process", "-pdu", "4096", "--sleep-during", "1", "--graceful-timeout", limit)
     running = start_storescu(d.port, slow)
-    time.sleep(1.0)
+    d.wait_for_transfer()
     started = time.monotonic()
     assert d.stop(signal.SIGTERM, timeout=30) == 0
     assert time.monotonic() - started < 4, "the stop waited for the whole transfer"
@@ -544,7 +563,7 @@ def test_single_process_sigterm_finishes_the_association_and_sighup_is_harmless(
     os.kill(d.pid, signal.SIGHUP)
     assert echoscu(d.port).returncode == 0  # still serving
     running = start_storescu(d.port, slow)
-    time.sleep(1.0)
+    d.wait_for_transfer()
     assert d.stop(signal.SIGTERM, timeout=60) == 0
     assert running.wait(30) == 0
     assert len(d.stored_files()) == 1

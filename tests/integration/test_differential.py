@@ -27,6 +27,7 @@ import pytest
 from pydicom.uid import ExplicitVRLittleEndian
 
 from storescpd.store.convert import dataset_elements
+from tests.support.ci import skip_or_fail
 from tests.support.dicomfiles import crafted_bytes, split_meta
 from tests.support.paths import DCMTK, ROOT, STORESCPD, TEST_FILES
 from tests.support.peers import accepted_contexts, require_dcmtk, storescu
@@ -279,7 +280,7 @@ def test_dcmtk_profile_file_reads_the_same_as_ours() -> None:
 
     dcmtk_file = Path("/etc/dcmtk/storescp.cfg")
     if not dcmtk_file.exists():
-        pytest.skip("DCMTK's storescp.cfg is not installed")
+        skip_or_fail(f"DCMTK's {dcmtk_file} is not installed: apt-get install dcmtk (.ci/run does this)")
     assert {k: (p.contexts, p.roles, p.extended) for k, p in load_all(str(dcmtk_file)).items()} == \
         {k: (p.contexts, p.roles, p.extended) for k, p in load_all(CFG).items()}
 

@@ -339,7 +339,8 @@ def test_single_process_writes_its_journal_itself(daemon_factory, tmp_path: Path
 
 
 def test_retention_removes_old_receipts_from_a_reload_on(daemon_factory, tmp_path: Path) -> None:
-    from storescpd.store.journal_db import open_for_writing, utc_text
+    from storescpd.store.journal_db import utc_text
+    from storescpd.store.journal_sqlite import open_for_writing
 
     journal = tmp_path / "journal.sqlite"
     db = open_for_writing(journal)

@@ -81,5 +81,4 @@ def test_fault_injection_aborts_and_stores_nothing(daemon_factory, option: str) 
     assert "Received Store Response" not in result.stderr, result.stderr
     assert d.stored_files() == []
     assert "ABORT initiated (due to command line options)" in d.log()
-    time.sleep(0.5)
-    assert list((d.output / ".storescpd-staging").glob("*.part")) == []
+    d.wait_no_partial_files()

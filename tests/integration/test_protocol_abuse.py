@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import socket
 import struct
-import time
 
 import pytest
 
 from tests.support.paths import TEST_FILES
 from tests.support.pdus import CT, associate_rq, element, p_data, pdu, read_pdu, store_command
 from tests.support.peers import echoscu, require_dcmtk
+from tests.support.processes import wait_until
 
 
 def setup_module() -> None:
@@ -68,16 +68,11 @@ def test_protocol_abuse_never_crashes_the_daemon(daemon_factory, name: str) -> N
     if expected is not None:
         assert answers == [expected], f"{name}: expected {expected}, got {answers}"
     # the daemon and its pool are fine: a real peer still gets through, and no partial file is left
-    deadline = time.monotonic() + 10
-    while echoscu(d.port).returncode != 0:
-        assert time.monotonic() < deadline, f"daemon unusable after: {name}\n{d.log()}"
-        time.sleep(0.2)
+    wait_until(lambda: echoscu(d.port).returncode == 0, 10, lambda: f"daemon usable after: {name}\n{d.log()}",
+               interval=0.2)
     assert d.proc is not None and d.proc.poll() is None
     assert d.stored_files() == []
-    deadline = time.monotonic() + 5
-    while list((d.output / ".storescpd-staging").glob("*.part")) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert list((d.output / ".storescpd-staging").glob("*.part")) == []
+    d.wait_no_partial_files(5)
     assert "Traceback" not in d.log()
 
 

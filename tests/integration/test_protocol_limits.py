@@ -1,4 +1,5 @@
-"""Limits on what a peer can make us hold or compute, and malformed input answered as DCMTK does.
+"""Limits on what a peer can make us hold or compute, requests PS3.8 defines as invalid (answered
+strictly, next to DCMTK's answers), and malformed input answered as DCMTK does.
 
 Where DCMTK 3.6.7's storescp is the reference, each test sends it the same bytes and asserts the
 same answer (A-ASSOCIATE-RJ with its result/source/reason, A-ABORT or A-RELEASE-RP).
@@ -12,8 +13,11 @@ import time
 
 import pytest
 
+from storescpd.config import ps38_cases as ps38
+from tests.support.paths import ROOT
 from tests.support.pdus import CT, associate_rq, context, item, p_data, pdu, read_pdu, store_command
-from tests.support.peers import require_dcmtk
+from tests.support.peers import echoscu, require_dcmtk
+from tests.support.processes import wait_until
 
 UNSUPPORTED = b"1.2.3.999"
 A_ASSOCIATE_AC, A_ASSOCIATE_RJ, A_RELEASE_RP, A_ABORT = 0x02, 0x03, 0x06, 0x07
@@ -44,6 +48,20 @@ def ask(port: int, request: bytes, timeout: float = 10.0) -> tuple[int, bytes]:
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
         sock.sendall(request)
         return answer(sock, timeout)
+
+
+def answered(port: int, request: bytes, timeout: float) -> str:
+    """The first answer to ``request``, in the words of docs/conformance.md."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(request)
+        sock.settimeout(timeout)
+        try:
+            kind, body = read_pdu(sock)
+        except socket.timeout:
+            return ps38.NO_ANSWER
+        except ConnectionResetError:
+            return "connection reset"
+    return "connection closed" if kind == -1 else ps38.describe(kind, body)
 
 
 def context_results(ac_body: bytes) -> list[tuple[int, int]]:
@@ -88,37 +106,68 @@ def test_an_endless_command_set_is_aborted(daemon_factory) -> None:
 
 # ---- 2. negotiation cost is bounded -------------------------------------------------------------
 
-def test_a_megabyte_of_presentation_contexts_is_answered_once_per_id_as_dcmtk_does(daemon_factory,
-                                                                                 dcmtk_storescp) -> None:
-    # 17,443 contexts with IDs 1, 3, ... 255, 1, 3, ...: DCMTK 3.6.7 accepts with one result per ID.
+def test_a_megabyte_of_repeated_context_ids_is_rejected_at_once(daemon_factory, dcmtk_storescp) -> None:
+    # 17,443 contexts with IDs 1, 3, ... 255, 1, 3, ...: every ID is repeated, so none is valid
+    # (PS3.8 9.3.2.2). DCMTK 3.6.7 accepts it, with one result per ID.
     items, size = [], 0
     while size < (1 << 20) - 2000:
         items.append(context((2 * len(items) + 1) % 256))
         size += len(items[-1])
     request = associate_rq(b"".join(items))
     d = daemon_factory("--workers", "1")
-    reference = dcmtk_storescp()
     started = time.monotonic()
     kind, body = ask(d.port, request)
     took = time.monotonic() - started
-    dcmtk_kind, dcmtk_body = ask(reference.port, request, timeout=60)
-    assert (kind, dcmtk_kind) == (A_ASSOCIATE_AC, A_ASSOCIATE_AC)
-    assert context_results(body) == context_results(dcmtk_body) == [(i, 0) for i in range(1, 256, 2)]
+    dcmtk_kind, dcmtk_body = ask(dcmtk_storescp().port, request, timeout=60)
+    assert (kind, body) == (A_ASSOCIATE_RJ, bytes([0, 1, 2, 1]))  # permanent, service provider (ACSE), no reason
+    assert (dcmtk_kind, context_results(dcmtk_body)) == (A_ASSOCIATE_AC, [(i, 0) for i in range(1, 256, 2)])
     assert took < 5, f"{took:.1f} s to answer one A-ASSOCIATE-RQ"
+    assert "no presentation context has an ID PS3.8 9.3.2.2 allows: 1 (proposed 137 times)" in d.wait_for_log(
+        "and 120 more")
 
 
-@pytest.mark.parametrize("name, contexts", [
-    ("even context ID", context(2)),
-    ("repeated ID, unsupported then CT", context(1, UNSUPPORTED) + context(1)),
-    ("repeated ID, CT then unsupported", context(3) + context(1) + context(3, UNSUPPORTED)),
-])
-def test_odd_and_repeated_context_ids_are_answered_as_dcmtk_does(daemon_factory, dcmtk_storescp, name: str,
-                                                                 contexts: bytes) -> None:
-    d = daemon_factory("--workers", "1")
+# ---- 3. A-ASSOCIATE-RQs PS3.8 defines as invalid (docs/conformance.md lists them) -------------------
+
+# The same requests reach each negotiation path (storescpd/dicom/acceptance.py): the common one, and
+# pynetdicom's for role selection, -xf profiles and -pm. (daemon arguments, sub-items added to each request)
+PATHS = {
+    "common": ((), b""),
+    "role selection": ((), ps38.ROLE_SELECTION),
+    "-xf profile": (("-xf", str(ROOT / "etc" / "storescp.cfg"), "Default"), b""),
+    "-pm": (("-pm",), b""),
+}
+
+
+@pytest.mark.parametrize("path", list(PATHS))
+def test_each_invalid_request_gets_its_documented_answer_and_log_line(daemon_factory, path: str) -> None:
+    args, extra = PATHS[path]
+    d = daemon_factory("--workers", "1", *args)
+    wrong = []
+    for case in ps38.CASES:
+        logged = len(d.log())
+        got = answered(d.port, case.build(extra), timeout=5)
+        if got != ps38.our_answer(case):
+            wrong.append(f"{case.name}: {got}, documented {ps38.our_answer(case)}")
+        else:
+            try:
+                wait_until(lambda: case.log in d.log()[logged:], 5, f"{case.log!r} in the log")
+            except AssertionError as missing:
+                wrong.append(f"{case.name}: {missing}")
+    assert not wrong, "\n".join(wrong) + "\n" + d.log()
+    assert "Traceback" not in d.log()
+    assert echoscu(d.port).returncode == 0
+
+
+def test_dcmtk_answers_each_invalid_request_as_documented(dcmtk_storescp) -> None:
+    # The reference half of docs/conformance.md's table. DCMTK serves one association at a time: each
+    # request it holds without an answer is closed after 2 s, which frees it for the next.
     reference = dcmtk_storescp()
-    ours, theirs = ask(d.port, associate_rq(contexts)), ask(reference.port, associate_rq(contexts))
-    assert ours[0] == theirs[0] == A_ASSOCIATE_AC
-    assert context_results(ours[1]) == context_results(theirs[1]), name
+    wrong = []
+    for case in ps38.CASES:
+        got = answered(reference.port, case.request, timeout=2)
+        if got != case.dcmtk:
+            wrong.append(f"{case.name}: {got}, documented {case.dcmtk}")
+    assert not wrong, "\n".join(wrong)
 
 
 def test_a_request_of_empty_presentation_contexts_is_aborted_at_once(daemon_factory) -> None:
@@ -135,7 +184,7 @@ def test_a_request_of_empty_presentation_contexts_is_aborted_at_once(daemon_fact
     assert "presentation context 1 proposes no transfer syntax" in d.wait_for_log("proposes no")
 
 
-# ---- 3. malformed input answered as DCMTK answers it --------------------------------------------
+# ---- 4. malformed input answered as DCMTK answers it --------------------------------------------
 
 REJECTIONS = {
     # name: (request, A-ASSOCIATE-RJ result/source/reason, our log line)
@@ -203,7 +252,7 @@ def test_malformed_p_data_is_aborted_as_dcmtk_does(daemon_factory, dcmtk_storesc
     assert d.stored_files() == []
 
 
-# ---- 4. A-RELEASE-RQ in the middle of a data set --------------------------------------------------
+# ---- 5. A-RELEASE-RQ in the middle of a data set --------------------------------------------------
 
 def test_release_in_the_middle_of_a_data_set_names_the_dropped_object(daemon_factory, dcmtk_storescp) -> None:
     d = daemon_factory("--workers", "1")
@@ -211,13 +260,15 @@ def test_release_in_the_middle_of_a_data_set_names_the_dropped_object(daemon_fac
     for port in (reference.port, d.port):
         with associated(port) as sock:
             sock.sendall(p_data(1, 0x03, store_command(b"1.2.3.4.50")) + p_data(1, 0x00, data_set(b"1.2.3.4.50")))
-            time.sleep(0.3)  # the first fragment is taken in (a staging file opened) before the release
+            # the first fragment is taken in (a staging file opened) before the release
+            if port == d.port:
+                d.wait_for_transfer()
+            else:
+                time.sleep(0.3)  # DCMTK shows nothing while it reads a data set: give it the time
             sock.sendall(pdu(0x05, bytes(4)))
             assert answer(sock)[0] == A_RELEASE_RP  # DCMTK: "Store SCP Failed: DUL Peer Requested Release"
     log = d.wait_for_log("1.2.3.4.50")
     assert "in the middle of the data set of the C-STORE-RQ of 1.2.3.4.50" in log, log
     assert reference.stored_files() == [] and d.stored_files() == []
-    deadline = time.monotonic() + 5
-    while list((d.output / ".storescpd-staging").glob("*")) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert list((d.output / ".storescpd-staging").glob("*")) == []
+    wait_until(lambda: not list(d.staging.glob("*")), 5,
+               lambda: f"an empty staging directory: {list(d.staging.glob('*'))}")

@@ -9,6 +9,7 @@ from pathlib import Path
 import pydicom
 import pytest
 
+from tests.support.ci import skip_or_fail
 from tests.support.dicomfiles import crafted_file, make_object
 from tests.support.paths import TEST_FILES
 from tests.support.peers import require_dcmtk, send_raw, storescu
@@ -102,7 +103,7 @@ def test_command_and_dataset_sop_classes_differ(daemon_factory, tmp_path: Path) 
 
 def test_disk_full_answers_out_of_resources_and_recovers(daemon_factory, tmp_path: Path) -> None:
     if os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs needs root (CI runs as root)")
+        skip_or_fail("mounting a small tmpfs needs root (.ci/run runs as root)")
     small = tmp_path / "small-fs"
     small.mkdir()
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(small)], check=True)

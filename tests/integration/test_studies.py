@@ -20,6 +20,7 @@ import pytest
 from pydicom.data import get_testdata_file
 
 from tests.support.peers import DcmtkStorescp, require_dcmtk, storescu
+from tests.support.processes import wait_until
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -73,14 +74,19 @@ def send_scenario(port: int, files: dict[str, Path]) -> None:
         assert result.returncode == 0, result.stderr
 
 
+def recorded(calls: Path) -> list[dict]:
+    """The hook calls the recorder wrote so far."""
+    return [json.loads(line) for line in calls.read_text().splitlines()] if calls.exists() else []
+
+
 def wait_calls(calls: Path, count: int, timeout: float = 15.0) -> list[dict]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        lines = calls.read_text().splitlines() if calls.exists() else []
-        if len(lines) >= count:
-            return [json.loads(line) for line in lines]
-        time.sleep(0.05)
-    raise AssertionError(f"{calls.name}: {len(lines)} hook calls, expected {count}")
+    """The recorded hook calls, once there are at least `count`."""
+    def at_least_count() -> list[dict] | None:
+        found = recorded(calls)
+        return found if len(found) >= count else None
+
+    return wait_until(at_least_count, timeout,
+                      lambda: f"{calls.name}: {len(recorded(calls))} hook calls, expected {count}")
 
 
 def study_in(folder: Path) -> str:
@@ -150,7 +156,7 @@ def test_layout_renames_and_hooks_equal_dcmtk(mode: str, sort: str, daemon_facto
     assert hook_calls == expected_calls
     # A and B ended and were renamed; C is the open study (DCMTK keeps the last one open too).
     assert sum(1 for name in layout if re.search(r"/(CT|MR)\d{6}$", name)) == 5
-    time.sleep(0.3)
+    time.sleep(0.3)  # an extra call would show up by now: its absence can only be waited for
     assert len(wait_calls(calls, 8)) == 8  # no extra call
     daemon.stop()
     assert "Traceback" not in daemon.log()
@@ -183,7 +189,7 @@ def test_eostudy_timeout_fires_once_about_two_seconds_after_the_last_object(mode
     folder = Path(call["argv"][0])
     assert folder.parent == daemon.output and re.fullmatch(r"P_\d{8}_\d{9}", folder.name)
     assert sorted(p.name for p in folder.iterdir()) == ["CT000001", "CT000002"]
-    time.sleep(2.5)
+    time.sleep(2.5)  # longer than -tos 2: a second timeout would have fired by now
     assert len(wait_calls(calls, 1)) == 1
 
 
@@ -220,9 +226,7 @@ def test_synchronous_failing_hook_runs_before_the_store_returns_and_its_status_i
     assert (daemon.output / "CT.1.2.826.0.1.3680043.2.1143.78.1").is_file()
     assert elapsed >= 1.0, f"the store returned after {elapsed:.2f} s: the hook did not run synchronously"
     assert stamp.exists() and float(stamp.read_text()) <= returned  # written before storescu returned
-    deadline = time.monotonic() + 10
-    while "exited with status 7" not in daemon.log() and time.monotonic() < deadline:
-        time.sleep(0.05)
+    daemon.wait_for_log("exited with status 7")
     assert re.search(r"--exec-on-reception \(pid \d+\) exited with status 7", daemon.log()), daemon.log()
 
 
@@ -235,10 +239,7 @@ def test_asynchronous_slow_hook_does_not_delay_the_store(daemon_factory, tmp_pat
     elapsed = time.monotonic() - started
     assert result.returncode == 0, result.stderr
     assert elapsed < 1.0, f"the store took {elapsed:.2f} s behind an asynchronous hook"
-    deadline = time.monotonic() + 10
-    while "exited with status 7" not in daemon.log() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert "exited with status 7" in daemon.log(), daemon.log()
+    daemon.wait_for_log("exited with status 7")
 
 
 # ---- injection through real associations ---------------------------------------------------
@@ -289,9 +290,7 @@ def test_a_calling_ae_title_that_would_be_an_option_does_not_run_the_hook(mode: 
     assert storescu(daemon.port, [files["A2"]], "-aet", "SAFE").returncode == 0
     (call,) = wait_calls(calls, 1)  # only the second object's hook ran
     assert call["argv"][0] == "SAFE"
-    deadline = time.monotonic() + 10
-    while "not run" not in daemon.log() and time.monotonic() < deadline:
-        time.sleep(0.1)
+    daemon.wait_for_log("not run")
     assert "--exec-on-reception not run" in daemon.log() and "(#a) '-rf'" in daemon.log()
     assert len(wait_calls(calls, 1)) == 1
 
@@ -333,7 +332,7 @@ def test_hostile_uids_never_leave_the_output_directory(uid: str, daemon_factory,
     assert all(len(call["argv"]) == 2 and Path(call["argv"][0]).parent == daemon.output for call in received)
     instance_call = next(call for call in received if call["argv"][1] == sanitised)
     assert (Path(instance_call["argv"][0]) / sanitised).is_file()
-    time.sleep(0.3)
+    time.sleep(0.3)  # an extra call would show up by now: its absence can only be waited for
     assert len(wait_calls(calls, len(expected_files))) == len(expected_files)  # no extra call
     assert not [p for p in tmp_path.rglob("*") if p.name == "PWNED"] and not Path("/PWNED").exists()
     assert not Path("PWNED").exists()  # nor in the test's working directory

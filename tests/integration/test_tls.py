@@ -22,7 +22,7 @@ from tests.support.dicomfiles import split_meta
 from tests.support.paths import DCMTK, STORESCPD, TEST_FILES
 from tests.support.peers import PEER_ENV, echoscu, require_dcmtk, storescu
 from tests.support.pki import OPENSSL, Pki, make_pki
-from tests.support.processes import free_port, stop_process, wait_listening
+from tests.support.processes import free_port, stop_process, wait_listening, wait_until
 
 FILES = [TEST_FILES / n for n in ("CT_small.dcm", "MR_small.dcm", "rtplan.dcm")]
 
@@ -70,9 +70,9 @@ def test_required_client_certificate(daemon_factory, pki: Pki) -> None:
     assert anonymous.returncode != 0
     d.wait_for_log("the client sent no certificate")
     failures = "storescpd_tls_handshake_failures_total"
-    deadline = time.monotonic() + 10  # the worker's event reaches the API process asynchronously
-    while sample(api.metrics(), failures, reason="no_client_certificate") < 1 and time.monotonic() < deadline:
-        time.sleep(0.1)
+    # the worker's event reaches the API process asynchronously
+    wait_until(lambda: sample(api.metrics(), failures, reason="no_client_certificate") >= 1, 10,
+               "the handshake failure counted", interval=0.1)
     metrics = api.metrics()
     assert sample(metrics, failures, reason="no_client_certificate") == 1
     assert sample(metrics, failures, reason="untrusted_issuer") == 0

@@ -33,6 +33,8 @@ from typing import Callable, Iterator, Sequence
 
 import pytest
 
+from tests.support.ci import skip_or_fail
+
 pytestmark = pytest.mark.packaging
 
 REPO = Path(__file__).resolve().parents[2]
@@ -448,26 +450,19 @@ def steps(request: pytest.FixtureRequest) -> Steps:
 # The test
 
 
-def unavailable(reason: str) -> None:
-    """On a developer's machine the test is skipped; under CI (.ci/run sets CI) it fails."""
-    if os.environ.get("CI"):
-        pytest.fail(f"the packaging test cannot run here: {reason}", pytrace=False)
-    pytest.skip(reason)
-
-
 E2E_BUDGET_SECONDS = 300  # the steps in a booted system, root file system cached (issue 7)
 
 
 @pytest.mark.timeout(900)  # a first run debootstraps; with the cache a run takes 1-2 minutes
 def test_deb_in_booted_debian(steps: Steps, tmp_path: Path) -> None:
     if os.geteuid() != 0:
-        unavailable("needs root (debootstrap, mounts, systemd-nspawn)")
+        skip_or_fail("the packaging test needs root (debootstrap, mounts, systemd-nspawn)")
     missing = missing_host_packages()
     if missing:
         steps.log(f"installing host packages: {' '.join(missing)}")
         failure = install_host_packages(missing)
         if failure and (shutil.which("debootstrap") is None or shutil.which("systemd-nspawn") is None):
-            unavailable(f"cannot install debootstrap/systemd-container:\n{failure}")
+            skip_or_fail(f"the packaging test cannot install debootstrap/systemd-container:\n{failure}")
         if failure:
             pytest.fail(f"cannot install host packages {missing}:\n{failure}", pytrace=False)
 

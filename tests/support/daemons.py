@@ -102,6 +102,23 @@ class Daemon:
         assert self.proc is not None
         return self.proc.pid
 
+    @property
+    def staging(self) -> Path:
+        """Where data sets being received are written (``<worker pid>-<n>-<attempt>.part``)."""
+        return self.output / ".storescpd-staging"
+
+    def partial_files(self) -> list[Path]:
+        """The data sets being received right now (or left behind by a worker that died)."""
+        return sorted(self.staging.glob("*.part"))
+
+    def wait_for_transfer(self, timeout: float = 10.0) -> list[Path]:
+        """Return once a data set is being received: its staging file exists (the C-STORE began)."""
+        return wait_until(self.partial_files, timeout, f"a transfer in progress (a .part file in {self.staging})")
+
+    def wait_no_partial_files(self, timeout: float = 10.0) -> None:
+        """Return once no staging file is left (a dropped transfer is cleaned up asynchronously)."""
+        wait_until(lambda: not self.partial_files(), timeout, f"no .part file left in {self.staging}")
+
     def log(self) -> str:
         return self.stderr_path.read_text(errors="replace")
 
@@ -111,10 +128,7 @@ class Daemon:
             log = self.log()
             return log if text in log else ""
 
-        try:
-            return wait_until(log_with_text, timeout, f"{text!r} in the daemon log")
-        except AssertionError as missing:
-            raise AssertionError(f"{missing}:\n{self.log()}") from None
+        return wait_until(log_with_text, timeout, lambda: f"{text!r} in the daemon log:\n{self.log()}")
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
         """Signal it, wait for its exit (SIGKILL after `timeout` s) and return its exit status."""

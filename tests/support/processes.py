@@ -17,15 +17,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_until(condition: Callable[[], T], timeout: float, what: str, interval: float = 0.05) -> T:
-    """Poll `condition` until it returns something true and return that; fail naming `what` after `timeout` s."""
+def wait_until(condition: Callable[[], T], timeout: float, what: str | Callable[[], str],
+               interval: float = 0.05) -> T:
+    """Poll `condition` until it returns something true and return that; after `timeout` s fail naming
+    `what` (a callable is asked then, e.g. for the daemon's log as it is at the failure)."""
     deadline = time.monotonic() + timeout
     while True:
         value = condition()
         if value:
             return value
         if time.monotonic() >= deadline:
-            raise AssertionError(f"{what}: not within {timeout:g} s")
+            raise AssertionError(f"not within {timeout:g} s: {what() if callable(what) else what}")
         time.sleep(interval)
 
 

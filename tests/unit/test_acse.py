@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import struct
+from pathlib import Path
 
 import pytest
 from pynetdicom.pdu import A_ASSOCIATE_AC, A_ASSOCIATE_RQ
@@ -14,7 +15,7 @@ from pynetdicom.pdu_primitives import (
 )
 from pynetdicom.presentation import PresentationContext, negotiate_as_acceptor
 
-from storescpd.dicom import acse
+from storescpd.dicom import acceptance, acse
 from storescpd.dicom.negotiation import contexts
 
 CT, MR, PRIVATE = "1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.5.1.4.1.1.4", "1.2.3.4.5.6"
@@ -60,7 +61,7 @@ def test_negotiation_equals_pynetdicoms(preference: str) -> None:
     table = dict(contexts(preference))
     request = acse.parse_request(encoded_request()[6:])
     ours = [(r.context_id, r.result, r.transfer_syntax if r.result == 0 else None)
-            for r in acse.negotiate(request, table)]
+            for r in acceptance.negotiate(request, table)]
     rq = A_ASSOCIATE_RQ()
     rq.decode(encoded_request())
     supported = []
@@ -74,7 +75,7 @@ def test_negotiation_equals_pynetdicoms(preference: str) -> None:
 
 def test_accept_decodes_with_pynetdicom() -> None:
     request = acse.parse_request(encoded_request()[6:])
-    results = acse.negotiate(request, dict(contexts("uncompressed")))
+    results = acceptance.negotiate(request, dict(contexts("uncompressed")))
     data = acse.encode_accept(request, results, 16384, "2.25.1", "STORESCPD_010")
     ac = A_ASSOCIATE_AC()
     ac.decode(data)
@@ -138,3 +139,79 @@ def test_command_data_set_type(data_set_type: int, announces: bool) -> None:
 
     command = decode_command(element(0x0100, struct.pack("<H", 1)) + element(0x0800, struct.pack("<H", data_set_type)))
     assert (command.data_set_type != NO_DATA_SET) is announces
+
+
+def _config(**values: object) -> object:
+    from storescpd.config import settings as cfg
+
+    return cfg.Config({**cfg.defaults(), **values})
+
+
+NEGOTIATIONS = {  # every way a request can be negotiated (acceptance.py), and what each adds to the request
+    "table": ({}, b""),
+    "role selection": ({}, None),
+    "-pm": ({"promiscuous": True}, b""),
+    "-xf": ({"config_file": [str(Path(__file__).resolve().parents[2] / "etc" / "storescp.cfg"), "Default"]}, b""),
+}
+
+
+@pytest.mark.parametrize("negotiation", list(NEGOTIATIONS))
+def test_every_invalid_request_is_answered_alike_by_every_negotiation(negotiation: str) -> None:
+    from storescpd.config import ps38_cases as ps38
+    from storescpd.dicom.dimse import ProtocolError
+
+    values, extra = NEGOTIATIONS[negotiation]
+    config = _config(**values)
+    for case in ps38.CASES:
+        try:
+            answer = acceptance.answer(case.build(ps38.ROLE_SELECTION if extra is None else extra)[6:], config,
+                                       lambda request: None)
+            got = ps38.describe(answer.pdu[0], answer.pdu[6:])
+        except ProtocolError as exc:
+            got = ps38.describe(0x07, bytes([0, 0, 2, exc.reason]))
+        assert got == ps38.our_answer(case), case.name
+
+
+def test_refused_context_ids_are_named_and_the_rest_negotiated() -> None:
+    from storescpd.config.ps38_cases import context, request
+
+    body = request(context(2) + context(1) + context(3, b"1.2.3.999") + context(3) + context(5))[6:]
+    answer = acceptance.answer(body, _config(), lambda request: None)
+    assert set(answer.contexts) == {1, 5}
+    assert answer.notes == [
+        "refusing presentation context 2: its ID is even (PS3.8 9.3.2.2: odd, 1 to 255, one per context)",
+        "refusing presentation context 3: its ID is proposed 2 times (PS3.8 9.3.2.2: odd, 1 to 255, one per context)"]
+    # (pynetdicom cannot decode an AC that names an even ID: read the result items by hand)
+    results, offset, body = [], 68, answer.pdu[6:]
+    while offset < len(body):
+        item_type, length = struct.unpack_from(">BxH", body, offset)
+        if item_type == 0x21:
+            results.append((body[offset + 4], body[offset + 6]))
+        offset += 4 + length
+    assert results == [(2, 2), (1, 0), (3, 2), (5, 0)]  # in the order proposed
+
+
+def test_role_selection_and_extended_negotiation_answers_decode_with_pynetdicom(tmp_path: Path) -> None:
+    from pynetdicom.pdu_primitives import SCP_SCU_RoleSelectionNegotiation, SOPClassExtendedNegotiation
+
+    from storescpd.config.ps38_cases import context, item, request, with_uid_length
+
+    profile = tmp_path / "roles.cfg"
+    profile.write_text("[[TransferSyntaxes]]\n[Any]\nTransferSyntax1 = LittleEndianExplicit\n"
+                       "[[PresentationContexts]]\n[Contexts]\nPresentationContext1 = CTImageStorage\\Any\n"
+                       "[[SCPSCURoleSelection]]\n[Roles]\nRole1 = CTImageStorage\\BOTH\n"
+                       "[[ExtendedNegotiation]]\n[Extended]\nExtendedNegotiation1 = CTImageStorage\\0102\n"
+                       "[[Profiles]]\n[P]\nPresentationContexts = Contexts\nSCPSCURoleSelection = Roles\n"
+                       "ExtendedNegotiation = Extended\n")
+    ct = CT.encode()
+    body = request(context(1), extra_user=item(0x54, with_uid_length(ct, b"\1\1")) + item(0x56, with_uid_length(ct, b"\1")))
+    answer = acceptance.answer(body[6:], _config(config_file=[str(profile), "P"]), lambda request: None)
+    ac = A_ASSOCIATE_AC()
+    ac.decode(answer.pdu)
+    primitive = ac.to_primitive()
+    roles = [(str(i.sop_class_uid), i.scu_role, i.scp_role) for i in primitive.user_information
+             if isinstance(i, SCP_SCU_RoleSelectionNegotiation)]
+    extended = [(str(i.sop_class_uid), i.service_class_application_information) for i in primitive.user_information
+                if isinstance(i, SOPClassExtendedNegotiation)]
+    assert (roles, extended) == ([(CT, True, True)], [(CT, b"\1\2")])
+    assert [(cx.context_id, cx.result) for cx in primitive.presentation_context_definition_results_list] == [(1, 0)]

@@ -20,13 +20,12 @@ from storescpd.store.journal_db import (
     SCHEMA_VERSION,
     JournalUnavailable,
     ReceiptQuery,
-    SqliteJournal,
     decode_cursor,
     encode_cursor,
-    open_for_writing,
     parse_time,
     utc_text,
 )
+from storescpd.store.journal_sqlite import SqliteJournal, open_for_writing
 from storescpd.store.journal_rebuild import rebuild
 from storescpd.store.storage import Identifiers, StagingFile
 

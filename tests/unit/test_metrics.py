@@ -15,15 +15,16 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from storescpd.config.settings import Config, defaults
-from storescpd.control.plane import ControlServer
 from storescpd.control.metrics import Metrics, reject_reason
-from storescpd.daemon.supervisor import AssociationInfo, Child
+from storescpd.control.server import ControlServer
+from storescpd.daemon.associations import AssociationInfo
+from storescpd.daemon.children import Child
 from storescpd.daemon.worker import WORKER_BOOT_ERROR
 
 
 def fake_supervisor(tmp_path: Path) -> Any:
     return SimpleNamespace(
-        event_hooks=[], tick_hooks=[], associations={}, children={}, stopping=None, generation=0,
+        event_hooks=[], tick_hooks=[], status_hooks=[], associations={}, children={}, stopping=None, generation=0,
         config=Config({**defaults(), "output_directory": str(tmp_path)}), started=time.time() - 5,
         config_loaded=time.time(), last_reload={"result": None, "message": "", "time": None}, mode="prefork",
         listeners={"dicom": [object()]}, boot_failed=False, selector=selectors.DefaultSelector(),
@@ -130,7 +131,7 @@ def serve(server: ControlServer, sup: Any, until: Any, timeout: float = 5.0) -> 
     deadline = time.monotonic() + timeout
     while not until() and time.monotonic() < deadline:
         for key, _mask in sup.selector.select(0.05):
-            key.data[1](key.fileobj)
+            key.data(key.fileobj)
         for tick in sup.tick_hooks:
             tick(time.time())
 

@@ -1,4 +1,7 @@
-"""The supervisor's decisions with os.fork / os.waitpid / os.kill replaced by tables (no processes)."""
+"""The supervisor's decisions with os.fork / os.waitpid / os.kill replaced by tables (no processes).
+
+Counts are read from the metrics (``storescpd.control.metrics``), the one count users see: the
+supervisor keeps none of its own."""
 
 from __future__ import annotations
 
@@ -6,14 +9,18 @@ import os
 import selectors
 import signal
 import socket
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from storescpd.config import settings as cfg
-from storescpd.daemon import ipc
+from storescpd.control.metrics import Metrics
+from storescpd.daemon import children, ipc, pending
 from storescpd.daemon import supervisor as sup
+from storescpd.daemon.children import Child
+from storescpd.daemon.pending import Pending
 from storescpd.daemon.worker import WORKER_BOOT_ERROR
 
 
@@ -42,26 +49,31 @@ class FakeOS:
 
 def make(tmp_path: Path, **overrides: Any) -> sup.Supervisor:
     values = {**cfg.defaults(), "output_directory": str(tmp_path), "workers": 3, **overrides}
-    return sup.Supervisor(cfg.Config(values), [], {})
+    return sup.Supervisor(cfg.Config(values), {}, reload_config=lambda: cfg.Config(values))
+
+
+def counted(s: sup.Supervisor) -> Metrics:
+    """The metrics, attached as the control plane attaches them."""
+    return Metrics(s).attach()
 
 
 def workers(s: sup.Supervisor) -> list[int]:
     return sorted(pid for pid, c in s.children.items() if c.kind == "worker")
 
 
-def fork_child_with_channel(s: sup.Supervisor, pid: int) -> tuple[sup.Child, socket.socket]:
+def fork_child_with_channel(s: sup.Supervisor, pid: int) -> tuple[Child, socket.socket]:
     """A --fork child as the supervisor knows it, and the child's end of its channel."""
     ours, theirs = ipc.channel_pair()
     ours.setblocking(False)
-    child = sup.Child(pid=pid, kind="fork", generation=s.generation, channel=ours)
-    s.children[child.pid] = child
-    s.selector.register(ours, selectors.EVENT_READ, ("child", child))
+    child = s.children.add(Child(pid=pid, kind="fork", generation=s.generation, channel=ours,
+                                 output_directory=str(s.config.output_directory)))
     return child, theirs
 
 
 def test_pool_is_filled_and_refilled(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     fake = FakeOS(monkeypatch)
     s = make(tmp_path)
+    metrics = counted(s)
     s.manage_workers()
     assert workers(s) == [1001, 1002, 1003]
     fake.exits = [(1002, 0)]
@@ -69,7 +81,7 @@ def test_pool_is_filled_and_refilled(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert workers(s) == [1001, 1003]
     s.manage_workers()
     assert workers(s) == [1001, 1003, 1004]
-    assert s.counters["worker_restarts"] == 1
+    assert metrics.value("storescpd_worker_restarts_total") == 1
 
 
 def test_worker_that_cannot_boot_stops_reforking(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -84,7 +96,7 @@ def test_worker_that_cannot_boot_stops_reforking(tmp_path: Path, monkeypatch: py
 def test_crash_loop_guard(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     fake = FakeOS(monkeypatch)
     s = make(tmp_path, workers=1)
-    for _ in range(sup.CRASH_LIMIT):
+    for _ in range(children.CRASH_LIMIT):
         s.manage_workers()
         (pid,) = workers(s)
         fake.exits = [(pid, 1)]
@@ -140,18 +152,23 @@ def test_reload_retires_idle_old_workers_and_keeps_busy_ones(tmp_path: Path, mon
 def test_admission_over_the_limit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     FakeOS(monkeypatch)
     s = make(tmp_path, max_associations=1)
+    metrics = counted(s)
     s.manage_workers()
     first, second = s.children[1001], s.children[1002]
     s.on_event("association_requested", {"peer": "a"}, first)
     assert s._ask_admit({}, first) is None
     s.on_event("association_requested", {"peer": "b"}, second)
-    assert "max_associations = 1" in s._ask_admit({}, second)
-    assert s.counters["associations_rejected.local_limit"] == 1
+    refusal = s._ask_admit({}, second)
+    assert "max_associations = 1" in refusal
+    s.on_event("association_ended", {"outcome": "rejected", "reject_reason": refusal}, second)  # the worker says so
+    assert metrics.value("storescpd_associations_rejected_total", reason="local_limit") == 1
+    assert s._ask_admit({}, first) is None  # the refused one no longer counts
 
 
 def test_a_killed_worker_counts_its_association_as_aborted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     fake = FakeOS(monkeypatch)
     s = make(tmp_path)
+    metrics = counted(s)
     s.manage_workers()
     staging = tmp_path / ".storescpd-staging"
     staging.mkdir()
@@ -159,39 +176,68 @@ def test_a_killed_worker_counts_its_association_as_aborted(tmp_path: Path, monke
     s.on_event("association_requested", {"peer": "a"}, s.children[1001])
     fake.exits = [(1001, -signal.SIGKILL & 0xFF)]
     s.reap_children()
-    assert s.associations == {}
-    assert s.counters["associations_total.aborted"] == 1
+    assert len(s.associations) == 0
+    assert metrics.value("storescpd_associations_total", outcome="aborted") == 1
     assert not (staging / "1001-1-0.part").exists()
     assert os.path.isdir(staging)
 
 
 def test_silent_connections_are_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import socket as socketlib
-
     FakeOS(monkeypatch)
-    monkeypatch.setattr(sup, "MAX_PENDING", 3)
+    monkeypatch.setattr(pending, "MAX_PENDING", 3)
     s = make(tmp_path)
-    listener = socketlib.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(16)
-    listener.setblocking(False)
-    clients = [socketlib.create_connection(listener.getsockname()) for _ in range(5)]
+    metrics = counted(s)
+    listener = loopback_listener()
+    clients = [socket.create_connection(listener.getsockname()) for _ in range(5)]
     try:
-        import time as timelib
-
-        deadline = timelib.monotonic() + 5
-        while len(s.pending) < 3 and timelib.monotonic() < deadline:
-            s.accept(listener, "dicom")
-        s.accept(listener, "dicom")
-        assert len(s.pending) == 3  # 5 accepted, the 2 oldest closed
-        assert s.counters["connections_timed_out"] == 2
+        deadline = time.monotonic() + 5
+        while len(s.pending.waiting) < 3 and time.monotonic() < deadline:
+            s.pending.accept(listener, "dicom")
+        s.pending.accept(listener, "dicom")
+        assert len(s.pending.waiting) == 3  # 5 accepted, the 2 oldest closed
+        assert metrics.value("storescpd_connections_timed_out_total") == 2
         clients[0].settimeout(5)
         assert clients[0].recv(1) == b""  # the oldest was closed
     finally:
         for c in clients:
             c.close()
-        for p in list(s.pending.values()):
-            s._drop_pending(p)
+        s.pending.close_all()
+        listener.close()
+
+
+def loopback_listener() -> socket.socket:
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    listener.setblocking(False)
+    return listener
+
+
+def test_a_connection_that_ends_inside_its_request_is_closed_at_once(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Part of an A-ASSOCIATE-RQ, then end of file: closed in the turn that sees it, not at -ta."""
+    FakeOS(monkeypatch)
+    s = make(tmp_path)
+    listener = loopback_listener()
+    client = socket.create_connection(listener.getsockname())
+    try:
+        client.sendall(bytes([0x01, 0x00]) + (200).to_bytes(4, "big") + b"\x00\x01")  # 8 of 206 bytes
+        deadline = time.monotonic() + 5
+        while not s.pending.waiting and time.monotonic() < deadline:
+            s.pending.accept(listener, "dicom")
+        (waiting,) = s.pending.waiting.values()
+        s.pending.readable(waiting.sock)
+        assert s.pending.waiting and not s.pending.ready  # incomplete: it waits for the rest
+        client.close()
+        deadline = time.monotonic() + 5
+        while s.pending.waiting and time.monotonic() < deadline:
+            for key, _mask in s.selector.select(0.1):
+                key.data(key.fileobj)
+        assert not s.pending.waiting and not s.pending.ready
+        assert waiting.sock.fileno() == -1  # closed, not handed to a worker
+    finally:
+        client.close()
+        s.pending.close_all()
         listener.close()
 
 
@@ -200,6 +246,7 @@ def test_a_dead_childs_last_reports_count_before_its_exit(tmp_path: Path, monkey
     the report is read first, so the study service sees the object before the sender's end."""
     fake = FakeOS(monkeypatch)
     s = make(tmp_path)
+    metrics = counted(s)
     child, theirs = fork_child_with_channel(s, 4242)
     seen: list[str] = []
     s.event_hooks.append(lambda kind, data, c: seen.append(kind))
@@ -208,7 +255,7 @@ def test_a_dead_childs_last_reports_count_before_its_exit(tmp_path: Path, monkey
     fake.exits = [(child.pid, 0)]
     s.reap_children()
     assert seen == ["stored", "child_exited"]
-    assert s.counters["objects_stored.success"] == 1
+    assert metrics.value("storescpd_objects_stored_total", status="success") == 1
     assert child.channel is None
 
 
@@ -216,20 +263,21 @@ def test_a_worker_at_its_request_limit_is_never_handed_a_connection(tmp_path: Pa
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     fake = FakeOS(monkeypatch)
     s = make(tmp_path, workers=1)
+    metrics = counted(s)
     s.manage_workers()
     (pid,) = workers(s)
     assert s.children[pid].channel is not None
     s.children[pid].busy = True
     s.on_event("idle", {"served": 1, "retiring": True}, s.children[pid])
     a, b = socket.socketpair()
-    s.ready_queue.append(sup.Pending(a, "dicom", 0.0))
+    s.pending.ready.append(Pending(a, "dicom", 0.0))
     s.dispatch_ready()
-    assert s.ready_queue and s.ready_queue[0].sock is a  # waits for the replacement
+    assert s.pending.ready and s.pending.ready[0].sock is a  # waits for the replacement
     s.manage_workers()
     assert len(workers(s)) == 2  # the replacement is forked while the old one exits
     fake.exits = [(pid, 0)]
     s.reap_children()
-    assert s.counters.get("worker_restarts", 0) == 0  # recycling is no restart
+    assert metrics.value("storescpd_worker_restarts_total") == 0  # recycling is no restart
     b.close()
     a.close()
 
@@ -272,11 +320,11 @@ def test_a_silent_connection_dropped_for_room_is_not_read_later_in_the_batch(tmp
     s = make(tmp_path)
     a, b = socket.socketpair()
     a.setblocking(False)
-    s.pending[a.fileno()] = sup.Pending(a, "dicom", 0.0)
-    s.selector.register(a, selectors.EVENT_READ, ("pending", None))
-    s._drop_oldest_pending()  # the listener's event came first in the batch
-    s.connection_readable(a)  # then this connection's own event: closed, fileno -1
-    assert s.pending == {} and s.ready_queue == []
+    s.pending.waiting[a.fileno()] = Pending(a, "dicom", 0.0)
+    s.selector.register(a, selectors.EVENT_READ, s.pending.readable)
+    s.pending.drop_oldest()  # the listener's event came first in the batch
+    s.pending.readable(a)  # then this connection's own event: closed, fileno -1
+    assert s.pending.waiting == {} and not s.pending.ready
     b.close()
 
 
@@ -293,10 +341,10 @@ def test_a_surplus_worker_told_to_stop_gets_no_connection(tmp_path: Path, monkey
     sent: list[Any] = []
     monkeypatch.setattr(sup.ipc, "send", lambda sock, message, fds=None: sent.append(sock))
     a, b = socket.socketpair()
-    s.ready_queue.append(sup.Pending(a, "dicom", 0.0))
+    s.pending.ready.append(Pending(a, "dicom", 0.0))
     s.dispatch_ready()
     (kept,) = set(workers(s)) - set(stopped)
-    assert s.ready_queue == [] and sent == [s.children[kept].channel]
+    assert not s.pending.ready and sent == [s.children[kept].channel]
     b.close()
 
 
@@ -314,10 +362,10 @@ def test_a_connection_a_worker_cannot_take_waits_for_another(tmp_path: Path, mon
 
     monkeypatch.setattr(sup.ipc, "send", send)
     a, b = socket.socketpair()
-    s.ready_queue.append(sup.Pending(a, "dicom", 0.0))
+    s.pending.ready.append(Pending(a, "dicom", 0.0))
     s.dispatch_ready()
     assert tried == [s.children[first].channel, s.children[second].channel]
-    assert s.ready_queue == [] and s.children[second].busy and s.children[first].retiring
+    assert not s.pending.ready and s.children[second].busy and s.children[first].retiring
     assert (first, signal.SIGTERM) in fake.kills  # and it is told to go
     b.close()
 
@@ -337,6 +385,7 @@ def test_every_report_of_a_dead_child_is_read_before_its_exit_counts(tmp_path: P
     """More reports than one turn reads (100): the association must end as released, once."""
     fake = FakeOS(monkeypatch)
     s = make(tmp_path)
+    metrics = counted(s)
     child, theirs = fork_child_with_channel(s, 4343)
     ipc.send(theirs, {"event": "association_requested", "peer": "127.0.0.1:1"})
     for n in range(250):
@@ -345,6 +394,31 @@ def test_every_report_of_a_dead_child_is_read_before_its_exit_counts(tmp_path: P
     theirs.close()
     fake.exits = [(child.pid, 0)]
     s.reap_children()
-    assert s.counters.get("associations_total.released") == 1
-    assert s.counters.get("associations_total.aborted", 0) == 0
-    assert s.counters["objects_stored.success"] == 250 and s.associations == {}
+    assert metrics.value("storescpd_associations_total", outcome="released") == 1
+    assert metrics.value("storescpd_associations_total", outcome="aborted") == 0
+    assert metrics.value("storescpd_objects_stored_total", status="success") == 250 and len(s.associations) == 0
+
+
+def test_the_status_line_reads_the_metrics_users_see(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    FakeOS(monkeypatch)
+    s = make(tmp_path)
+    s.manage_workers()
+    assert s.status_line() == "0 associations, 3 workers"  # no metrics (no control plane): the live state
+    metrics = counted(s)
+    worker = s.children[1001]
+    s.on_event("association_requested", {"peer": "a"}, worker)
+    for status in ("success", "success", "failure"):
+        s.on_event("stored", {"status": status, "sop_class": "1.2", "path": None, "duration": 0.01}, worker)
+    assert s.status_line() == "1 associations, 3 workers, 2 objects stored"
+    assert metrics.value("storescpd_objects_stored_total", status="success") == 2
+
+
+def test_an_event_nobody_declared_is_not_passed_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    FakeOS(monkeypatch)
+    s = make(tmp_path)
+    s.manage_workers()
+    seen: list[str] = []
+    s.event_hooks.append(lambda kind, data, child: seen.append(kind))
+    s.on_event("stored_twice", {}, s.children[1001])
+    s.on_event("idle", {"served": 1}, s.children[1001])
+    assert seen == ["idle"]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ipaddress
 import json
 import os
 import signal
@@ -24,6 +25,8 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--control", help="the supervisor's control socket")
     parser.add_argument("--api-token-file", dest="token_file")
     parser.add_argument("--journal", help="the receipt journal (SQLite) that /receipts and /studies read")
+    parser.add_argument("--allowed-host", dest="allowed_hosts", action="append", default=[],
+                        help="a Host name the API answers to besides its address and localhost (repeatable)")
     parser.add_argument("--describe", default="", help="how to name the listening address in messages")
     parser.add_argument("--log-level", default="info")
     parser.add_argument("--print-openapi", action="store_true", help="print the OpenAPI schema and exit")
@@ -64,16 +67,28 @@ def main(argv: Sequence[str] | None = None) -> int:
                      "api_token_file (--api-token-file)", args.describe)
         return API_BOOT_ERROR
     try:
-        app = create_app(args.control, args.token_file, exposed, journal=args.journal)
+        app = create_app(args.control, args.token_file, exposed, allowed_hosts(sock, args.allowed_hosts),
+                         journal=args.journal)
     except ConfigError as exc:
         log.critical("%s", exc)
         return API_BOOT_ERROR
     quiet = "debug" if args.log_level in ("debug", "trace") else "warning"  # our own messages say enough
-    config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="off", server_header=False,
+    config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="on", server_header=False,
                             log_level=quiet)
     server = uvicorn.Server(config)
     asyncio.run(_serve(server, sock))
     return 0
+
+
+def allowed_hosts(sock: socket.socket, configured: list[str]) -> list[str] | None:
+    """The Host names requests may carry: None (any) on a unix socket, else localhost, the bound
+    address unless it is a wildcard (then the address each connection arrived on, checked per
+    request), and the configured names."""
+    if sock.family == socket.AF_UNIX:
+        return None
+    bound = str(sock.getsockname()[0])
+    wildcard = ipaddress.ip_address(bound).is_unspecified
+    return ["localhost", *([] if wildcard else [bound]), *configured]
 
 
 async def _serve(server: Any, sock: socket.socket) -> None:

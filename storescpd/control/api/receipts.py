@@ -15,7 +15,8 @@ from fastapi import APIRouter, HTTPException, Query
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, Field
 
-from storescpd.store.journal_db import JournalUnavailable, ReceiptQuery, SqliteJournal, decode_cursor, parse_time
+from storescpd.store.journal_db import JournalUnavailable, ReceiptQuery, decode_cursor, parse_time
+from storescpd.store.journal_sqlite import SqliteJournal
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
