@@ -158,6 +158,7 @@ def test_receipts_are_exactly_the_acknowledged_objects_with_the_files_facts(daem
     assert receipts(api, since="2999-01-01") == [] and receipts(api, until="2000-01-01T00:00:00+01:00") == []
     assert len(receipts(api, limit=2)) == 5  # three pages
 
+    assert api.get("/status").json()["journal"] is True  # the console shows receipts and studies
     studies = {s["study_instance_uid"]: s for s in api.get("/studies").json()["studies"]}
     assert len(studies) == 3
     assert studies[study]["objects"] == 3 and studies[study]["calling_aes"] == ["MR1"]
@@ -216,6 +217,7 @@ def test_association_id_is_the_one_associations_showed(daemon_factory, tmp_path:
 
 def test_without_a_journal_the_endpoints_say_how_to_get_one(daemon_factory, tmp_path: Path) -> None:
     _d, api = api_daemon(daemon_factory)
+    assert api.get("/status").json()["journal"] is False
     for path in ("/receipts", "/receipts/1.2.3", "/studies"):
         response = api.get(path)
         assert response.status_code == 503 and "journal" in response.json()["detail"], path

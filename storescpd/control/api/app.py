@@ -118,6 +118,7 @@ class Status(BaseModel):
     output_free_bytes: int | None = Field(None, description="bytes available to storescpd there")
     generation: int = Field(0, description="configuration generation: grows with each successful reload")
     last_reload: ReloadResult
+    journal: bool = Field(False, description="a receipt journal is kept (/receipts and /studies answer)")
 
 
 class ThroughputPoint(BaseModel):
