@@ -11,8 +11,8 @@ first one that does not do what a user would expect fails the test.
 Needs root. Installs its host tools with apt-get when missing (debootstrap,
 systemd-container, dpkg-dev, debhelper, ...). The debootstrapped root file system is cached
 in $STORESCPD_TEST_CACHE (default /var/cache/storescpd-test) and used read-only through an
-overlay, so a run starts from the same clean system every time. How systemd-nspawn behaves on
-this machine kind: ../shared/notes/systemd-in-ci.md.
+overlay, so a run starts from the same clean system every time. systemd-nspawn needs
+--keep-unit and --register=no where PID 1 is not systemd; the container is driven with nsenter.
 """
 
 from __future__ import annotations
