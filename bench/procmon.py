@@ -25,6 +25,23 @@ def _ppid(pid: int) -> int | None:
     return int(stat[stat.rindex(b")") + 2:].split()[1])
 
 
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def tree_cpu_seconds(root: int) -> float:
+    """CPU time (user + system) of the process tree so far: its members' own, and what the root
+    collected from children it reaped (a worker or hook that came and went)."""
+    total = 0
+    for pid in ProcessTree(root).members():
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as fh:
+                fields = fh.read().rsplit(b")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12]) + (int(fields[13]) + int(fields[14]) if pid == root else 0)
+    return total / CLOCK_TICKS
+
+
 def _rss_bytes(pid: int) -> int:
     try:
         with open(f"/proc/{pid}/statm", "rb") as fh:

@@ -31,7 +31,7 @@ import pydicom
 import datasets
 import dul
 import limits
-from procmon import RssSampler, descendants
+from procmon import RssSampler, descendants, tree_cpu_seconds
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
@@ -48,7 +48,8 @@ NODELAY_ENV = {"TCP_NODELAY": "1"}
 
 @dataclass(frozen=True)
 class Receiver:
-    """One receiver configuration. argv may use {port} and {out} (the output directory)."""
+    """One receiver configuration. argv may use {port}, {out} (the output directory) and
+    {journal} (a receipt journal made fresh for each run, and checked after it)."""
 
     id: str
     label: str
@@ -56,6 +57,11 @@ class Receiver:
     stores: bool = True  # False: receives and discards (a sender ceiling, not verified)
     default: bool = True  # part of a run without --receivers
     env: dict[str, str] = field(default_factory=dict)
+    base: str | None = None  # a variant of this receiver: the table gives the ratio to it, same cell
+
+    @property
+    def journal(self) -> bool:
+        return any("{journal}" in a for a in self.argv)
 
 
 # The receivers. Adding a variant (say `storescpd --workers 8`) is one line here.
@@ -70,6 +76,11 @@ RECEIVERS: list[Receiver] = [
              (STORESCPD, "--prefork", "{port}", "-od", "{out}"), default=False),
     Receiver("storescpd-nofsync", "storescpd --no-fsync",
              (STORESCPD, "--no-fsync", "{port}", "-od", "{out}")),
+    Receiver("storescpd-journal", "storescpd --journal",
+             (STORESCPD, "{port}", "-od", "{out}", "--journal", "{journal}"), base="storescpd"),
+    Receiver("storescpd-journal-sha256", "storescpd --journal --journal-digest sha256",
+             (STORESCPD, "{port}", "-od", "{out}", "--journal", "{journal}", "--journal-digest", "sha256"),
+             default=False, base="storescpd"),
     Receiver("dcmtk-ignore", "DCMTK storescp --ignore (sender ceiling)",
              (STORESCP, "--ignore", "-od", "{out}", "{port}"), stores=False),
 ]
@@ -108,7 +119,9 @@ class RunningReceiver:
 
     def __init__(self, receiver: Receiver, outdir: Path, logfile: Path) -> None:
         self.port = free_port()
-        argv = [a.format(port=self.port, out=outdir) for a in receiver.argv]
+        self.journal = logfile.parent / "journal.sqlite"
+        remove_journal(self.journal)
+        argv = [a.format(port=self.port, out=outdir, journal=self.journal) for a in receiver.argv]
         self.logfile = logfile
         self._log = open(logfile, "wb")
         env = {**os.environ, **NODELAY_ENV, **receiver.env}
@@ -236,6 +249,38 @@ def verify(outdir: Path, manifest: dict) -> list[str]:
     return problems
 
 
+def verify_journal(journal: Path, manifest: dict, timeout: float = 20.0) -> list[str]:
+    """Problems with the receipt journal: one receipt per object sent, no other. Its writer writes
+    a moment after the responses: wait for it (the wall time does not include this wait)."""
+    import sqlite3
+
+    expected = {f["sop_instance_uid"] for f in manifest["files"]}
+    deadline = time.monotonic() + timeout
+    rows: list[str] = []
+    while time.monotonic() < deadline:
+        try:
+            with sqlite3.connect(f"file:{journal}?mode=ro", uri=True) as db:
+                rows = [r[0] for r in db.execute("SELECT sop_instance_uid FROM receipts")]
+        except sqlite3.Error:
+            rows = []
+        if len(rows) >= len(expected):
+            break
+        time.sleep(0.2)
+    if sorted(rows) == sorted(expected):
+        return []
+    return [f"journal: {len(rows)} receipts for {len(expected)} objects"
+            f" ({len(expected - set(rows))} missing, {len(rows) - len(set(rows))} twice)"]
+
+
+def remove_journal(journal: Path) -> None:
+    for path in (journal, *journal.parent.glob(journal.name + "-*")):
+        path.unlink(missing_ok=True)
+    spool = journal.with_name(journal.name + ".spool")
+    if spool.is_dir():
+        clear_directory(spool)
+        spool.rmdir()
+
+
 def clear_directory(directory: Path) -> None:
     for path in sorted(directory.rglob("*"), key=lambda p: len(p.parts), reverse=True):
         if path.is_dir() and not path.is_symlink():
@@ -268,6 +313,7 @@ def run_once(receiver: Receiver, manifest: dict, associations: int, rundir: Path
         running.wait_ready()
         sampler = RssSampler(running.proc.pid)
         sampler.start()
+        cpu_before = tree_cpu_seconds(running.proc.pid)
         wall = send(running.port, files, associations, send_timeout(manifest), logdir)
         sampler.stop()
         result.update(wall_s=wall, peak_rss_total=sampler.peak_total,
@@ -276,8 +322,13 @@ def run_once(receiver: Receiver, manifest: dict, associations: int, rundir: Path
             raise RunFailed(f"receiver exited with status {running.proc.returncode}: {running.log_tail()}")
         if receiver.stores:
             problems = verify(outdir, manifest)
+            if receiver.journal:
+                problems += verify_journal(running.journal, manifest)
             if problems:
                 raise RunFailed("verification: " + "; ".join(problems))
+        # After the checks: what the receiver still did after the last response (a journal's
+        # writer writing its last batch) counts too.
+        result["cpu_s"] = tree_cpu_seconds(running.proc.pid) - cpu_before
         result["status"] = "ok"
         result["error"] = running.note
     except RunFailed as exc:
@@ -328,6 +379,8 @@ def summarize(runs: list[dict]) -> list[dict]:
         if ok:
             walls = [r["wall_s"] for r in ok]
             wall = statistics.median(walls)
+            cpu = [r["cpu_s"] for r in ok if r.get("cpu_s") is not None]
+            row.update(cpu_s=statistics.median(cpu) if cpu else None)
             row.update(wall_s=wall, wall_min_s=min(walls), wall_max_s=max(walls),
                        objects_per_s=row["objects"] / wall, mb_per_s=row["bytes"] / wall / 1e6,
                        peak_rss_total=max(r["peak_rss_total"] for r in ok),
@@ -336,7 +389,8 @@ def summarize(runs: list[dict]) -> list[dict]:
         rows.append(row)
     by_key = {(r["dataset"], r["associations"], r["receiver"]): r for r in rows}
     for row in rows:
-        for base in BASELINES:
+        variant_of = RECEIVER_BY_ID[row["receiver"]].base if row["receiver"] in RECEIVER_BY_ID else None
+        for base in (*BASELINES, *([variant_of] if variant_of else [])):
             ref = by_key.get((row["dataset"], row["associations"], base))
             if ref and ref.get("wall_s") and row.get("wall_s"):
                 row[f"ratio_{base}"] = ref["wall_s"] / row["wall_s"]
@@ -390,6 +444,27 @@ def markdown(results: dict) -> str:
             f"| {_f(r.get('ratio_dcmtk-B'), '.2f')} | {_f(r.get('ratio_dcmtk-fork'), '.2f')} "
             f"| {_mb(r.get('peak_rss_total'))} | {_mb(r.get('peak_rss_single'))} "
             f"| {r.get('peak_processes', '')} |")
+    variants = [(r, RECEIVER_BY_ID[r["receiver"]].base) for r in rows
+                if r["receiver"] in RECEIVER_BY_ID and RECEIVER_BY_ID[r["receiver"]].base]
+    if variants:
+        out.append("")
+        out.append("Variants against the receiver they vary (same cell of this run): its wall time divided by the "
+                   "variant's, i.e. the variant's speed as a fraction of the base's (1.00 = no cost); CPU: "
+                   "user + system seconds of the receiver's process tree over the run (median), which "
+                   "other load on the machine disturbs far less than wall time.")
+        out.append("")
+        out.append("| data set | assoc | variant | base | x base | wall s | base wall s | CPU s | base CPU s "
+                   "| CPU per object, more |")
+        out.append("|---|---|---|---|---|---|---|---|---|---|")
+        for r, base in variants:
+            ref = next((b for b in rows if (b["dataset"], b["associations"], b["receiver"])
+                        == (r["dataset"], r["associations"], base)), {})
+            extra = (f"{(r['cpu_s'] - ref['cpu_s']) / r['objects'] * 1e6:.0f} us"
+                     if r.get("cpu_s") is not None and ref.get("cpu_s") is not None else "")
+            out.append(f"| {r['dataset']} | {r['associations']} | {RECEIVER_BY_ID[r['receiver']].label} "
+                       f"| {RECEIVER_BY_ID[base].label} | {_f(r.get(f'ratio_{base}'), '.2f')} "
+                       f"| {_f(r.get('wall_s'), '.3f')} | {_f(ref.get('wall_s'), '.3f')} "
+                       f"| {_f(r.get('cpu_s'), '.2f')} | {_f(ref.get('cpu_s'), '.2f')} | {extra} |")
     if results.get("latency"):
         out.append("")
         out.append("Latency (raw-socket SCU, TCP_NODELAY): association setup = connect until "

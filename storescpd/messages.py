@@ -24,6 +24,7 @@ class Event(StrEnum):
     TLS_HANDSHAKE_FAILED = "tls_handshake_failed"
     STUDY_STORED = "study_stored"  # an object placed in a study folder (asynchronous hooks)
     IDLE = "idle"  # the worker finished a connection and can take the next one
+    JOURNAL_ERROR = "journal_error"  # a receipt could not be spooled, or the journal not written (journal writer)
     # raised by the supervisor itself
     CONNECTION_TIMED_OUT = "connection_timed_out"  # a pending connection sent nothing in time
     PROXY_REFUSED = "proxy_refused"  # a pending connection refused for its PROXY protocol header (or its lack)
@@ -38,6 +39,7 @@ class Ask(StrEnum):
     ADMIT = "admit"  # None to go on, or why the association is refused (--max-associations)
     STUDY_PLACE = "study_place"  # which study folder an object goes to
     STUDY_STORED = "study_stored"  # an object is in its folder; the reply names hooks to run here
+    ASSOCIATION_ID = "association_id"  # the id /associations shows for the asking worker's association
 
 
 class Peer(TypedDict):
@@ -80,6 +82,10 @@ class TlsHandshakeFailed(TypedDict):
 class Idle(TypedDict):
     served: int
     retiring: bool  # at --max-requests: hand it nothing more
+
+
+class JournalError(TypedDict):
+    kind: Literal["spool", "database"]  # the spool file could not be appended to / the database not written
 
 
 class ChildExited(TypedDict):

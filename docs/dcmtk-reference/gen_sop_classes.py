@@ -7,7 +7,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from parse_manpage import parse  # noqa: E402
+from parse_manpage import manual, parse  # noqa: E402
 
 # Prefixes of the classes DCMTK 3.6.7 does not know, taken from the modality table in
 # dcmdata/libsrc/dcuid.cc of newer DCMTK (3.6.8+); 3.6.7 itself refuses them and, with -pm, writes "UNKNOWN".
@@ -59,7 +59,7 @@ def file_prefix(sop_class_uid: str) -> str:
 
 
 def main(result_path: str) -> None:
-    man = parse("/work/shared/storescp-manpage.txt")
+    man = parse(manual())
     result = json.load(open(result_path))
     verified = {c["uid"]: c for c in result["classes"]}
     assert result["private_class_file_with_pm"].startswith("UNKNOWN."), result["private_class_file_with_pm"]

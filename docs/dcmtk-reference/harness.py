@@ -4,16 +4,20 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
+import sys
 import time
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Iterator
+
+import pydicom
 
 STORESCP = "/usr/bin/storescp"
 STORESCU = "/usr/bin/storescu"
 ECHOSCU = "/usr/bin/echoscu"
 DCMDUMP = "/usr/bin/dcmdump"
-PY = "/work/main/.venv/bin/python"
-TEST_FILES = "/work/main/.venv/lib/python3.11/site-packages/pydicom/data/test_files"
+PY = sys.executable  # the project venv's python: run these scripts with .venv/bin/python
+TEST_FILES = str(Path(pydicom.__file__).parent / "data" / "test_files")
 
 
 def free_port() -> int:

@@ -18,7 +18,7 @@ from pynetdicom import AE
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from harness import storescp  # noqa: E402
-from parse_manpage import parse  # noqa: E402
+from parse_manpage import manual, parse  # noqa: E402
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 OPTIONS = ["", "+x=", "+xe", "+xb", "+xi", "+xa", "+xs", "+xy", "+xx", "+xv", "+xw", "+xt", "+xu",
@@ -50,7 +50,7 @@ def order(port: int, proposal: list[str]) -> list[str]:
 
 def main(out: str, options: list[str]) -> None:
     logging.getLogger("pynetdicom").setLevel(logging.CRITICAL)
-    names = {uid: name for name, uid in parse("/work/shared/storescp-manpage.txt")["transfer_syntaxes"]}
+    names = {uid: name for name, uid in parse(manual())["transfer_syntaxes"]}
     all_ts = list(names)
     results = {}
     for opt in options or OPTIONS:

@@ -3,6 +3,7 @@
 Usage: parse_manpage.py [MANPAGE]  -> prints JSON {"sop_classes": [[name, uid]...], "transfer_syntaxes": [[name, uid]...]}
 """
 import json
+import os
 import re
 import sys
 
@@ -30,6 +31,14 @@ def parse(path: str) -> dict:
     return {"sop_classes": pairs(sop_line), "transfer_syntaxes": pairs(ts_line)}
 
 
+def manual() -> str:
+    """The storescp manual as text: $STORESCP_MANUAL (e.g. made with `man storescp | col -b > storescp.txt`)."""
+    path = os.environ.get("STORESCP_MANUAL")
+    if not path:
+        sys.exit("set STORESCP_MANUAL to DCMTK's storescp manual as plain text: man storescp | col -b > storescp.txt")
+    return path
+
+
 if __name__ == "__main__":
-    result = parse(sys.argv[1] if len(sys.argv) > 1 else "/work/shared/storescp-manpage.txt")
+    result = parse(sys.argv[1] if len(sys.argv) > 1 else manual())
     json.dump(result, sys.stdout, indent=1)

@@ -17,7 +17,7 @@ from pydicom.uid import ExplicitVRLittleEndian
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from harness import STORESCU, run, storescp  # noqa: E402
-from parse_manpage import parse  # noqa: E402
+from parse_manpage import manual, parse  # noqa: E402
 
 PYNETDICOM_OUTCOME: dict[str, str] = {}
 ROOT = "1.2.826.0.1.3680043.10.1."
@@ -86,7 +86,7 @@ def send(files: list[str], scp_args: list[str], outdir: str, log: str) -> dict[i
 
 
 def main(out: str) -> None:
-    classes = [(n, u) for n, u in parse("/work/shared/storescp-manpage.txt")["sop_classes"] if u != "1.2.840.10008.1.1"]
+    classes = [(n, u) for n, u in parse(manual())["sop_classes"] if u != "1.2.840.10008.1.1"]
     work = tempfile.mkdtemp(prefix="sopcls-")
     src = os.path.join(work, "src")
     os.mkdir(src)

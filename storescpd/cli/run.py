@@ -14,7 +14,7 @@ import threading
 import time
 from typing import Any, Sequence
 
-from storescpd.store import studies
+from storescpd.store import journal, studies
 from storescpd.store.study_service import SupervisorStudies
 from storescpd.dicom import tls
 from storescpd.config.cmdline import load_config
@@ -31,11 +31,13 @@ def run(config: Config, argv: Sequence[str]) -> int:
     take_notify_socket()
     if config.inetd:
         studies.use_local(config)
-        return run_inetd(config)
+        with journal.local(config):  # with a journal: its writer is a thread of this process
+            return run_inetd(config)
     inherited = inherited_sockets()
     if "connection" in inherited:
         studies.use_local(config)
-        serve_association(inherited["connection"][0], config)
+        with journal.local(config):
+            serve_association(inherited["connection"][0], config)
         return 0
     listeners = {role: socks for role, socks in inherited.items() if role != "connection"}
     api_sockets = listeners.pop("api", [])  # served by the API process, not by the DICOM accept loop
@@ -55,13 +57,16 @@ def run(config: Config, argv: Sequence[str]) -> int:
     tls.note_listeners(listeners)  # a dicom-tls listener keeps the dicom one plain
     if config.process_mode == "single":
         studies.use_local(config)  # study state and hooks in this process, as in DCMTK
-        return run_single(config, listeners)
+        with journal.local(config):
+            return run_single(config, listeners)
     # Imported only here: the single-process and --inetd modes (a process per connection) never load them.
     from storescpd.control.plane import ControlPlane
+    from storescpd.daemon import ipc
     from storescpd.daemon.supervisor import Supervisor
 
     supervisor = Supervisor(config, listeners, reload_config=functools.partial(reload_config, argv))
     SupervisorStudies(supervisor)  # study state spans workers and associations
+    journal.install(supervisor, ipc.WorkerChannel)  # a writer child; workers spool receipts
     try:
         ControlPlane(supervisor, api_sockets[0] if api_sockets else None).attach()
     except ConfigError as exc:

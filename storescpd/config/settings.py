@@ -118,6 +118,7 @@ TLS_PROFILES: tuple[tuple[str, str, str, str], ...] = (
 LOG_LEVELS = ("fatal", "error", "warn", "info", "debug", "trace")
 PROCESS_MODES = ("prefork", "fork", "single")
 DUPLICATE_POLICIES = ("overwrite", "keep-first", "unique")
+JOURNAL_DIGESTS = ("none", "sha256")
 
 
 def _check_aetitle(value: str) -> str | None:
@@ -144,6 +145,15 @@ def _check_networks(value: list[Any]) -> str | None:
         if network.prefixlen == 0:
             return (f"entry {entry!r} lists every address: anyone could then claim any address in a PROXY "
                     "header; list the load balancers' addresses")
+    return None
+
+
+def _check_journal(value: str) -> str | None:
+    path = Path(value)
+    if not value or value.endswith("/") or path.is_dir():
+        return f"must name a file, not the directory '{value}' (e.g. /var/lib/storescpd/journal.sqlite)"
+    if not path.absolute().parent.is_dir():
+        return f"{value}: its directory {path.absolute().parent} does not exist: create it or name another file with --journal"
     return None
 
 
@@ -692,6 +702,26 @@ SETTINGS: tuple[Setting, ...] = (
         G_DAEMON,
         flags=(_value(None, "--drain-delay", "[s]econds: integer",
                       "after SIGTERM, keep accepting s seconds while /readyz\nanswers 503 (default: 0)"),),
+        type=int, minimum=0,
+    ),
+    Setting(
+        "journal", None, "SQLite file of the receipt journal (one row per acknowledged object); unset: no journal",
+        G_DAEMON,
+        flags=(_value(None, "--journal", "[f]ilename: string",
+                      "record every acknowledged object in the SQLite journal f"),),
+        reloadable=False, check=_check_journal,
+    ),
+    Setting(
+        "journal_digest", "none", "none, or sha256: the journal records each file's SHA-256 (computed while "
+        "the data arrives)",
+        G_DAEMON,
+        flags=(_value(None, "--journal-digest", "[d]igest: string", "none (default) or sha256"),),
+        choices=JOURNAL_DIGESTS,
+    ),
+    Setting(
+        "journal_retention_days", 0, "days the journal keeps a receipt (0: forever)", G_DAEMON,
+        flags=(_value(None, "--journal-retention-days", "[n]umber: integer",
+                      "remove receipts older than n days (default: 0, never)"),),
         type=int, minimum=0,
     ),
     Setting(

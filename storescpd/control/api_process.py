@@ -96,6 +96,8 @@ class ApiProcess:
             args += ["--api-token-file", self.token_file]
         for name in self.supervisor.config.api_allowed_hosts or ():
             args += ["--allowed-host", name]
+        if self.supervisor.config.journal:  # the API reads the receipt journal itself
+            args += ["--journal", os.path.abspath(self.supervisor.config.journal)]
         return args
 
     def _exec(self, channel: socket.socket) -> None:

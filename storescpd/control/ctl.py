@@ -8,16 +8,19 @@ import json
 import os
 import socket
 import sys
+from datetime import datetime
 from typing import Any, Sequence
+from urllib.parse import urlencode
 
 from storescpd.config.api_address import ApiAddress
 
 DEFAULT_CONFIG = "/etc/storescpd/storescpd.toml"
+JOURNAL_COMMANDS = ("receipts", "studies")
 EXIT_OK = 0
 EXIT_FAILED = 1  # the daemon answered no (unknown association, invalid configuration, 401)
 EXIT_USAGE = 2
 EXIT_UNREACHABLE = 3
-COMMANDS = ("status", "associations", "abort", "reload", "metrics")
+COMMANDS = ("status", "associations", "abort", "reload", "metrics", *JOURNAL_COMMANDS)
 
 
 class CtlError(Exception):
@@ -50,6 +53,7 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--api-token-file", help="file holding the bearer token")
     parser.add_argument("--config", help="read api and api_token_file from this TOML file")
     parser.add_argument("--timeout", type=float, default=15.0, help="seconds to wait for an answer")
+    journal_arguments(parser)
     args = parser.parse_intermixed_args(list(argv))
     if args.command == "abort" and not args.id:
         parser.error("abort needs the association id (see `storescpd ctl associations`)")
@@ -115,7 +119,7 @@ class ApiClient:
             return body if path == "/metrics" else json.loads(body)
         try:
             detail = json.loads(body)
-            detail = detail.get("detail", detail.get("message", detail))
+            detail = validation_text(detail.get("detail", detail.get("message", detail)))
         except ValueError:
             detail = body.decode(errors="replace")
         if status == 401:
@@ -187,6 +191,80 @@ def metrics_json(text: str) -> dict[str, Any]:
             for f in text_string_to_metric_families(text)}
 
 
+# ---- the receipt journal: receipts, studies -------------------------------------------------------
+def journal_arguments(parser: argparse.ArgumentParser) -> None:
+    journal = parser.add_argument_group("receipts and studies (the receipt journal)")
+    journal.add_argument("--study", metavar="UID", help="receipts of this Study Instance UID")
+    journal.add_argument("--series", metavar="UID", help="receipts of this Series Instance UID")
+    journal.add_argument("--patient", metavar="ID", help="receipts of this Patient ID")
+    journal.add_argument("--calling-ae", metavar="AE", help="receipts of objects this AE title sent")
+    journal.add_argument("--since", metavar="TIME", help="received at or after TIME (ISO 8601; local time "
+                                                          "without an offset), e.g. 2024-05-01T14:00")
+    journal.add_argument("--until", metavar="TIME", help="received before TIME")
+    journal.add_argument("--limit", type=int, default=100, help="rows (default 100, at most 1000)")
+    journal.add_argument("--cursor", help="the page after the one that printed this cursor")
+
+
+def with_offset(text: str | None) -> str | None:
+    """A time the person typed: one without an offset is their local time (the API's default is UTC)."""
+    if text is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        return text  # the API says what is wrong with it
+    return (moment.astimezone() if moment.tzinfo is None else moment).isoformat()
+
+
+def local_time(utc: str | None) -> str:
+    """``2024-05-01T14:02:00.123Z`` as local time, ``2024-05-01 16:02:00.123``."""
+    if not utc:
+        return ""
+    moment = datetime.fromisoformat(utc.replace("Z", "+00:00")).astimezone()
+    return moment.strftime("%Y-%m-%d %H:%M:%S.") + f"{moment.microsecond // 1000:03d}"
+
+
+def run_journal(args: argparse.Namespace, client: "ApiClient", out: Any) -> None:
+    """``ctl receipts`` and ``ctl studies``: one page, and how to ask for the next."""
+    query: dict[str, Any] = {"since": with_offset(args.since), "limit": args.limit, "cursor": args.cursor}
+    if args.command == "receipts":
+        query.update(study_uid=args.study, series_uid=args.series, patient_id=args.patient,
+                     calling_ae=args.calling_ae, until=with_offset(args.until))
+    data = client.call("GET", f"/{args.command}?" + urlencode({k: v for k, v in query.items() if v is not None}))
+    if args.json:
+        out.write(json.dumps(data, indent=2) + "\n")
+        return
+    out.write(format_receipts(data["receipts"]) if args.command == "receipts" else format_studies(data["studies"]))
+    if data.get("next_cursor"):
+        out.write(f"(more: add --cursor {data['next_cursor']})\n")
+
+
+def format_receipts(items: list[dict[str, Any]]) -> str:
+    if not items:
+        return "no receipts\n"
+    rows = [[local_time(r["received_at"]), r["calling_ae"] or "", r["modality"] or "", r["patient_id"] or "",
+             r["sop_instance_uid"], f"0x{r['status']:04X}", human_bytes(r["size"] or 0), r["path"] or ""]
+            for r in items]
+    return table(rows, ["RECEIVED", "CALLING", "MOD", "PATIENT ID", "SOP INSTANCE UID", "STATUS", "SIZE", "PATH"])
+
+
+def format_studies(items: list[dict[str, Any]]) -> str:
+    if not items:
+        return "no studies\n"
+    rows = [[local_time(s["last_received"]), s["study_instance_uid"], s["patient_id"] or "", str(s["objects"]),
+             human_bytes(s["bytes"]), ",".join(s["calling_aes"]), "yes" if s["ended"] else "no", s["directory"] or ""]
+            for s in items]
+    return table(rows, ["LAST RECEIVED", "STUDY INSTANCE UID", "PATIENT ID", "OBJECTS", "SIZE", "CALLING", "ENDED",
+                        "DIRECTORY"])
+
+
+def validation_text(detail: Any) -> Any:
+    """FastAPI's 422 list as one line naming each parameter: ``since: '...' is not an ISO 8601 ...``."""
+    if isinstance(detail, list) and all(isinstance(e, dict) and "loc" in e for e in detail):
+        return "; ".join(f"{e['loc'][-1]}: {e.get('msg', 'invalid')}" for e in detail)
+    return detail
+
+
 # ---- commands ----------------------------------------------------------------------------------
 def run(args: argparse.Namespace) -> int:
     config = _from_config(args.config) if not (args.api and args.api_token_file) else {}
@@ -215,6 +293,8 @@ def run(args: argparse.Namespace) -> int:
     elif args.command == "metrics":
         text = client.call("GET", "/metrics").decode()
         out.write(json.dumps(metrics_json(text), indent=2) + "\n" if args.json else text)
+    elif args.command in JOURNAL_COMMANDS:
+        run_journal(args, client, out)
     return EXIT_OK
 
 

@@ -20,7 +20,8 @@ from prometheus_client.registry import Collector
 from storescpd.daemon.children import WORKER_KINDS, Child, is_restart
 from storescpd.daemon.proxy import REFUSALS as PROXY_REFUSALS
 from storescpd.dicom.tls import REASONS as TLS_FAILURE_REASONS
-from storescpd.messages import AssociationEnded, ChildExited, Event, Progress, ProxyRefused, Stored, TlsHandshakeFailed
+from storescpd.messages import (AssociationEnded, ChildExited, Event, JournalError, Progress, ProxyRefused,
+                                 Stored, TlsHandshakeFailed)
 
 if TYPE_CHECKING:
     from storescpd.daemon.supervisor import Supervisor
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
 OUTCOMES = ("released", "aborted", "rejected")
 STORE_STATUSES = ("success", "warning", "failure")
 RELOAD_RESULTS = ("success", "failure")
+JOURNAL_ERROR_KINDS = ("spool", "database")
 # Why an association was rejected. The worker reports a sentence; it is mapped onto this set.
 REJECT_REASONS = ("refused", "no_implementation_uid", "local_limit", "access_denied", "other")
 _REJECT_PATTERNS = (("--refuse", "refused"), ("implementation class uid", "no_implementation_uid"),
@@ -80,6 +82,9 @@ class Metrics:
                                      ["reason"], registry=r)
         self.api_restarts = Counter("storescpd_api_restarts", "Control API processes restarted after exiting",
                                     registry=r)
+        self.journal_errors = Counter("storescpd_journal_errors", "Receipt journal failures: a receipt not spooled "
+                                      "(kept in memory) or the journal database not written (kept in the spool)",
+                                      ["kind"], registry=r)
         for outcome in OUTCOMES:
             self.associations.labels(outcome)
         for reason in REJECT_REASONS:
@@ -92,6 +97,8 @@ class Metrics:
             self.tls_failures.labels(reason)
         for reason in PROXY_REFUSALS:
             self.proxy_refused.labels(reason)
+        for kind in JOURNAL_ERROR_KINDS:
+            self.journal_errors.labels(kind)
         self.last_reload_ok = True
         # Bytes already counted per worker pid for its running association (progress is cumulative).
         self._bytes_seen: dict[int, int] = {}
@@ -133,6 +140,9 @@ class Metrics:
         duration = stored.get("duration")
         if isinstance(duration, (int, float)) and duration >= 0:
             self.store_duration.observe(duration)
+
+    def _on_journal_error(self, data: Mapping[str, Any], child: Child | None) -> None:
+        self.journal_errors.labels(_one_of(cast(JournalError, data).get("kind"), JOURNAL_ERROR_KINDS, "database")).inc()
 
     def _on_association_ended(self, payload: Mapping[str, Any], child: Child | None) -> None:
         data = cast(AssociationEnded, payload)

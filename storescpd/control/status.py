@@ -58,6 +58,7 @@ def status(sup: "Supervisor", metrics: Metrics) -> dict[str, Any]:
         "output_free_bytes": output_free_bytes(sup.config.output_directory),
         "generation": sup.generation,
         "last_reload": reload_result(sup.last_reload),
+        "journal": bool(sup.config.journal),
     }
 
 

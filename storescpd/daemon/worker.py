@@ -11,7 +11,7 @@ import sys
 from typing import Any
 
 from storescpd.daemon import ipc
-from storescpd.store import studies
+from storescpd.store import journal, studies
 from storescpd.config.settings import Config
 from storescpd.daemon.scp import serve_association
 from storescpd.messages import Ask, Event
@@ -36,6 +36,7 @@ class Worker:
         self.parent = os.getppid()
         self.current: Any = None
         studies.use_worker_client(config, self.channel)  # folders and hooks come from the supervisor
+        journal.use_worker(config, self.channel)  # receipts, with the association ids the supervisor gives
 
     def run(self) -> None:
         code = WORKER_OK

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from storescpd.config.settings import Config
+from storescpd.store import journal
 from storescpd.store.convert import Encoding, convert, encoding_for
 from storescpd.dicom.filemeta import file_meta_bytes
 from storescpd.store.studies import process_client as process_study_client
@@ -93,7 +94,8 @@ class StoreContext:
         if self.config.ignore:
             return None
         try:
-            staged = StagingFile(self.staging_dir, early_writeback=self.config.fsync)
+            staged = StagingFile(self.staging_dir, early_writeback=self.config.fsync,
+                                 digest=journal.digest_for(self.config))
         except OSError as exc:
             # The data set is still drained (nowhere); handle_store answers Out of Resources.
             self.begin_error = exc
@@ -232,6 +234,9 @@ def _store(event: Any, ctx: StoreContext, sop_class: str, sop_instance: str) -> 
         staged.discard()
         LOG.error("cannot store %s: %s; answering Out of Resources", final, exc.strerror or exc)
         return STATUS_OUT_OF_RESOURCES, None
+    # Durable now: the receipt goes to the journal's spool before the response goes out.
+    journal.received(ctx, ids, stored or final, staged if stored else None,
+                     encoding.transfer_syntax if encoding else transfer_syntax)
     if stored is None:
         LOG.warning("file %s already exists, keeping the first copy (on_duplicate = keep-first)", final)
         return STATUS_SUCCESS, final

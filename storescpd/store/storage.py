@@ -7,6 +7,7 @@ name, so publishing is one ``rename``). Nothing under a final name is ever parti
 from __future__ import annotations
 
 import errno
+import hashlib
 import logging
 import os
 import re
@@ -68,7 +69,7 @@ def safe_uid_component(uid: str) -> str:
 class StagingFile:
     """A file being received; becomes visible only through ``publish``."""
 
-    def __init__(self, staging_dir: Path, early_writeback: bool = False) -> None:
+    def __init__(self, staging_dir: Path, early_writeback: bool = False, digest: str | None = None) -> None:
         fd, name = _mkstemp(staging_dir)
         self.path = Path(name)
         self.file = os.fdopen(fd, "wb", buffering=1 << 20)
@@ -81,6 +82,8 @@ class StagingFile:
         self._written = 0
         self.head = bytearray()  # the first HEAD_BYTES of the data set, once start_dataset is called
         self._head_room = 0
+        # The receipt journal's hash of the file (journal_digest), fed with every byte written.
+        self.digest = hashlib.new(digest) if digest else None
 
     def start_dataset(self) -> None:
         """What is written from now on is the data set (before it: the file meta)."""
@@ -100,6 +103,8 @@ class StagingFile:
             kept = data[:self._head_room]
             self.head += kept
             self._head_room -= len(kept)
+        if self.digest is not None:
+            self.digest.update(data)
         try:
             self._written += self.file.write(data)
             if self._writeback_from is not None and self._written - self._writeback_from >= EARLY_WRITEBACK:
@@ -282,14 +287,20 @@ class Identifiers:
     study_instance_uid: str | None
     patient_name: bytes | None
     specific_character_set: str | None
+    # for the receipt journal
+    series_instance_uid: str | None = None
+    patient_id: bytes | None = None
+    modality: str | None = None
 
 
-_LAST_TAG_NEEDED = 0x0020000D
+_LAST_TAG_NEEDED = 0x0020000E
 _DEFLATED_PEEK = 4 << 20
 
 
 _WANTED = {0x00080005: "specific_character_set", 0x00080016: "sop_class_uid", 0x00080018: "sop_instance_uid",
-           0x00100010: "patient_name", 0x0020000D: "study_instance_uid"}
+           0x00100010: "patient_name", 0x0020000D: "study_instance_uid",
+           0x0020000E: "series_instance_uid", 0x00100020: "patient_id", 0x00080060: "modality"}
+_DESCRIPTIVE = frozenset({"series_instance_uid", "patient_id", "modality"})  # the journal's: never refuse for them
 _LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
 _SCAN_WINDOW = 1 << 20
 
@@ -314,6 +325,8 @@ def _identifiers_from(found: dict[str, bytes]) -> Identifiers:
         sop_class_uid=text("sop_class_uid"), sop_instance_uid=text("sop_instance_uid"),
         study_instance_uid=text("study_instance_uid"), patient_name=found.get("patient_name") or None,
         specific_character_set=text("specific_character_set"),
+        series_instance_uid=text("series_instance_uid"), patient_id=found.get("patient_id") or None,
+        modality=text("modality"),
     )
 
 
@@ -434,9 +447,11 @@ class _StructureWalk:
                                  f"({length} bytes, at byte {pos} of {size})")
             if depth == 0 and (name := _WANTED.get(group << 16 | element)) and name not in self.found:
                 if length > _MAX_IDENTIFIER:  # no UID, name or character set is this long
-                    raise ValueError(f"({group:04X},{element:04X}) of {length} bytes cannot identify an object")
-                i = at(pos, length, "a value")  # a repeated element: the first counts, as in DCMTK
-                self.found[name] = bytes(self.data[i:i + length])
+                    if name not in _DESCRIPTIVE:
+                        raise ValueError(f"({group:04X},{element:04X}) of {length} bytes cannot identify an object")
+                else:
+                    i = at(pos, length, "a value")  # a repeated element: the first counts, as in DCMTK
+                    self.found[name] = bytes(self.data[i:i + length])
             pos += length
         if pos != end:
             raise Incomplete(f"an element runs past the end of its item (byte {pos})")
@@ -502,10 +517,13 @@ def _identifiers_by_pydicom(path: Path, offset: int, transfer_syntax: str) -> Id
         return str(value).rstrip("\0 ")
 
     raw_name = ds.get_item(0x00100010)
+    raw_id = ds.get_item(0x00100020)
     return Identifiers(
         sop_class_uid=text("SOPClassUID"),
         sop_instance_uid=text("SOPInstanceUID"),
         study_instance_uid=text("StudyInstanceUID"),
         patient_name=bytes(raw_name.value) if raw_name is not None and raw_name.value else None,
         specific_character_set=text("SpecificCharacterSet"),
+        series_instance_uid=text("SeriesInstanceUID"), modality=text("Modality"),
+        patient_id=bytes(raw_id.value) if raw_id is not None and raw_id.value else None,
     )

@@ -9,8 +9,11 @@ the actions out itself (``carry_out_here``).
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from storescpd.config.commands import split_command
 from storescpd.config.settings import Config
+from storescpd.store import journal
 from storescpd.store.hooks import HookRequest, HookRunner, environment, substitute
 from storescpd.store.study_rename import rename_prelude, rename_study
 from storescpd.store.study_tracker import END_OF_STUDY, RECEPTION, Action
@@ -43,15 +46,18 @@ def child_request(config: Config, action: Action) -> HookRequest | None:
         return hook
     request = hook or HookRequest(RENAME_OPTION, [], environment(_values(action), END_OF_STUDY))
     request.prelude = rename_prelude(action["directory"], action["files"], config.fsync, config.log_level,
-                                     config.log_config, request.label, request.argv)
+                                     config.log_config, request.label, request.argv, config.journal)
     return request
 
 
 def carry_out_here(config: Config, runner: HookRunner, actions: list[Action], wait: bool) -> None:
     """Rename in this process, then run each hook to its end (``wait``, -xs) or start it."""
     for action in actions:
-        if action["action"] == END_OF_STUDY and action["files"]:
-            rename_study(action["directory"], action["files"], config.fsync)
+        if action["action"] == END_OF_STUDY:
+            if action["files"]:
+                renames = rename_study(action["directory"], action["files"], config.fsync)
+                journal.moved(Path(action["directory"]), renames)  # the receipts' paths follow the files
+            journal.study_ended(action["study_uid"])
         request = hook_request(config, action)
         if request is None:
             continue

@@ -18,9 +18,11 @@ import logging
 import os
 import signal
 import sys
+from pathlib import Path
 from typing import Iterator, TypedDict
 
 from storescpd.config.logs import setup_logging
+from storescpd.store import journal
 from storescpd.store.hooks import PRELUDE_BLOCKED_SIGNALS, PRELUDE_OUTPUT_FD, Prelude
 
 LOG = logging.getLogger("storescpd.studies")
@@ -108,10 +110,10 @@ def _exists(folder: int, name: str) -> bool:
 
 
 def rename_prelude(directory: str, files: list[RenamedFile], fsync: bool, log_level: str,
-                   log_config: str | None, label: str, hook: list[str]) -> Prelude:
+                   log_config: str | None, label: str, hook: list[str], journal_path: str | None = None) -> Prelude:
     """The end-of-study child's program and input: rename, then execute ``hook`` (if any)."""
     spec = {"directory": directory, "files": files, "fsync": fsync, "log_level": log_level,
-            "log_config": log_config, "label": label, "hook": hook}
+            "log_config": log_config, "label": label, "hook": hook, "journal": journal_path}
     return Prelude([sys.executable, "-m", JOB_MODULE], json.dumps(spec).encode())
 
 
@@ -122,7 +124,10 @@ def main() -> int:
     signal.pthread_sigmask(signal.SIG_SETMASK, ())
     spec = json.load(sys.stdin)
     setup_logging(spec["log_level"], spec["log_config"])
-    rename_study(spec["directory"], spec["files"], spec["fsync"])
+    renames = rename_study(spec["directory"], spec["files"], spec["fsync"])
+    if spec.get("journal"):  # the receipts' paths follow the files (spooled before the hook starts)
+        journal.use(journal.Recorder(spec["journal"]))
+        journal.moved(Path(spec["directory"]), renames)
     if not spec["hook"]:
         return 0
     return _become_hook(spec["hook"], spec["label"])

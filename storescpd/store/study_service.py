@@ -16,10 +16,11 @@ from typing import Any, Callable, Mapping, Protocol
 from storescpd.config.commands import command_warnings
 from storescpd.config.settings import Config
 from storescpd.messages import Ask, Event
+from storescpd.store import journal
 from storescpd.store.hooks import HookRunner
 from storescpd.store.storage import UnsafeName
 from storescpd.store.study_actions import carry_out_here, child_request
-from storescpd.store.study_tracker import Action, StudyTracker, TrackerSettings
+from storescpd.store.study_tracker import END_OF_STUDY, Action, StudyTracker, TrackerSettings
 
 LOG = logging.getLogger("storescpd.studies")
 
@@ -82,6 +83,8 @@ class StudyService:
             carry_out_here(self.config, self.runner, actions, wait=bool(self.config.exec_sync))
             return
         for action in actions:
+            if action["action"] == END_OF_STUDY:
+                journal.study_ended(action["study_uid"])  # the renames are the child's to journal
             request = child_request(self.config, action)
             if request is not None:
                 self.runner.start(request)

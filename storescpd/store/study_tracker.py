@@ -42,6 +42,7 @@ class EndOfStudyAction(TypedDict):
     """A study ended: rename ``files`` in ``directory`` (-rns; empty: none), then -xcs with ``values``."""
 
     action: Literal["end-of-study"]
+    study_uid: str
     directory: str  # absolute
     files: list[RenamedFile]
     values: dict[str, str]
@@ -74,12 +75,14 @@ class TrackerSettings:
     timeout: float  # -tos seconds, 0: off
     on_reception: bool
     on_end_of_study: bool
+    journal: bool = False  # the receipt journal hears of every end of study
 
     @classmethod
     def from_config(cls, config: Config) -> "TrackerSettings":
         sort = config.sort or [None, ""]
         return cls(sort[0], sort[1] if len(sort) > 1 else "", bool(config.rename_on_eostudy),
-                   float(config.eostudy_timeout or 0), bool(config.exec_on_reception), bool(config.exec_on_eostudy))
+                   float(config.eostudy_timeout or 0), bool(config.exec_on_reception), bool(config.exec_on_eostudy),
+                   bool(getattr(config, "journal", None)))
 
 
 class StudyTracker:
@@ -176,7 +179,7 @@ class StudyTracker:
     def _end(self, study: Study) -> list[Action]:
         del self.open[(study.uid, study.root)]
         files = list(study.files) if self.settings.rename else []
-        if not files and not self.settings.on_end_of_study:
+        if not files and not self.settings.on_end_of_study and not self.settings.journal:
             return []
-        return [{"action": "end-of-study", "directory": study.directory, "files": files,
+        return [{"action": "end-of-study", "study_uid": study.uid, "directory": study.directory, "files": files,
                  "values": {**study.values, "path": study.path}}]

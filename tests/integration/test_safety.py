@@ -8,13 +8,11 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from pydicom.uid import ExplicitVRLittleEndian
-from pynetdicom import AE, _config
 
 from tests.support.ci import skip_or_fail
-from tests.support.dicomfiles import make_object
+from tests.support.dicomfiles import crafted_file, make_object
 from tests.support.paths import TEST_FILES
-from tests.support.peers import require_dcmtk, storescu
+from tests.support.peers import require_dcmtk, send_raw, storescu
 
 STATUS_SUCCESS = 0x0000
 STATUS_OUT_OF_RESOURCES = 0xA700
@@ -24,39 +22,6 @@ STATUS_CANNOT_UNDERSTAND = 0xC000
 
 def setup_module() -> None:
     require_dcmtk()
-
-
-def crafted_file(path: Path, command_uid: str, dataset_uid: str, source: str = "CT_small.dcm") -> Path:
-    """A file whose meta (used by pynetdicom for the C-STORE command) and data set disagree as asked."""
-    ds = pydicom.dcmread(TEST_FILES / source)
-    ds.SOPInstanceUID = dataset_uid
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.save_as(path, enforce_file_format=True)
-    if command_uid != dataset_uid:  # pydicom keeps the meta in step: patch its first copy
-        assert len(command_uid) == len(dataset_uid)
-        data = path.read_bytes()
-        path.write_bytes(data.replace(dataset_uid.encode(), command_uid.encode(), 1))
-    return path
-
-
-def send_raw(port: int, path: Path) -> int:
-    """Send a file as it is (command UIDs from its meta) with pynetdicom; returns the status."""
-    ds = pydicom.dcmread(path, stop_before_pixels=True)
-    ae = AE(ae_title="HOSTILE")
-    ae.add_requested_context(ds.file_meta.MediaStorageSOPClassUID, ExplicitVRLittleEndian)
-    old = (_config.STORE_SEND_CHUNKED_DATASET, _config.ENFORCE_UID_CONFORMANCE)
-    _config.STORE_SEND_CHUNKED_DATASET, _config.ENFORCE_UID_CONFORMANCE = True, False
-    try:
-        assoc = ae.associate("127.0.0.1", port)
-        assert assoc.is_established
-        try:
-            rsp = assoc.send_c_store(path)
-        finally:
-            assoc.release()
-    finally:
-        _config.STORE_SEND_CHUNKED_DATASET, _config.ENFORCE_UID_CONFORMANCE = old
-    assert "Status" in rsp, "no response"
-    return int(rsp.Status)
 
 
 def all_files(root: Path) -> list[Path]:

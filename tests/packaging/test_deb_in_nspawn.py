@@ -11,14 +11,15 @@ first one that does not do what a user would expect fails the test.
 Needs root. Installs its host tools with apt-get when missing (debootstrap,
 systemd-container, dpkg-dev, debhelper, ...). The debootstrapped root file system is cached
 in $STORESCPD_TEST_CACHE (default /var/cache/storescpd-test) and used read-only through an
-overlay, so a run starts from the same clean system every time. How systemd-nspawn behaves on
-this machine kind: ../shared/notes/systemd-in-ci.md.
+overlay, so a run starts from the same clean system every time. systemd-nspawn needs
+--keep-unit and --register=no where PID 1 is not systemd; the container is driven with nsenter.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import re
 import shlex
@@ -602,6 +603,26 @@ def drive(container: Container, deb: Path, steps: Steps, tmp_path: Path) -> None
         if status.returncode != 0:
             raise StepFailed(f"`storescpd ctl status` exited {status.returncode}:\n{status.stdout}{status.stderr}")
         steps.log("storescpd ctl status: " + " | ".join(status.stdout.strip().splitlines()[:3]))
+
+    with steps.step("the receipt journal lists the study (storescpd ctl receipts)"):
+        receipts: dict[str, dict] = {}
+
+        def listed() -> bool:
+            answer = container.sh("storescpd ctl receipts --json --limit 1000", check=False)
+            if answer.returncode == 0:
+                receipts.update({r["sop_instance_uid"]: r for r in json.loads(answer.stdout)["receipts"]})
+            return set(sent) <= set(receipts)
+
+        wait_for(listed, 30, f"receipts of the {len(sent)} objects sent")
+        wrong = [r for uid, r in receipts.items() if uid in sent and (
+            r["calling_ae"] != "E2E" or not r["path"].startswith(INCOMING + "/")
+            or container.path(r["path"]).stat().st_size != r["size"])]
+        if wrong:
+            raise StepFailed(f"receipts that do not describe the stored files: {wrong}")
+        owner = container.sh("stat -c %U /var/lib/storescpd/journal.sqlite").stdout.strip()
+        if owner != "storescpd":
+            raise StepFailed(f"/var/lib/storescpd/journal.sqlite belongs to {owner!r}, not storescpd")
+        steps.log(f"{len(receipts)} receipts; /var/lib/storescpd/journal.sqlite owned by {owner}")
 
     original_config = container.path(CONFIG).read_text()
 

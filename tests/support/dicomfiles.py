@@ -12,6 +12,8 @@ from pydicom.data import get_testdata_file
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
+from tests.support.paths import TEST_FILES
+
 
 def make_object(path: Path, megabytes: int, seed: int = 0, columns: int | None = None) -> Path:
     """A Secondary Capture object with about `megabytes` MB of pixel data (or `columns` x 1024 pixels)."""
@@ -101,3 +103,16 @@ def split_meta(data: bytes) -> tuple[bytes, bytes]:
         else:
             pos += 8 + struct.unpack("<H", data[pos + 6:pos + 8])[0]
     return data[:pos], data[pos:]
+
+
+def crafted_file(path: Path, command_uid: str, dataset_uid: str, source: str = "CT_small.dcm") -> Path:
+    """A file whose meta (used by pynetdicom for the C-STORE command) and data set disagree as asked."""
+    ds = pydicom.dcmread(TEST_FILES / source)
+    ds.SOPInstanceUID = dataset_uid
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.save_as(path, enforce_file_format=True)
+    if command_uid != dataset_uid:  # pydicom keeps the meta in step: patch its first copy
+        assert len(command_uid) == len(dataset_uid)
+        data = path.read_bytes()
+        path.write_bytes(data.replace(dataset_uid.encode(), command_uid.encode(), 1))
+    return path

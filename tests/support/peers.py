@@ -95,3 +95,28 @@ def accepted_contexts(port: int, abstract_syntaxes: list[str]) -> set[tuple[str,
         accepted |= {(str(cx.abstract_syntax), str(cx.transfer_syntax[0])) for cx in assoc.accepted_contexts}
         assoc.release()
     return accepted
+
+
+def send_raw(port: int, path: Path, calling_ae: str = "HOSTILE") -> int:
+    """Send a file as it is (command UIDs from its meta) with pynetdicom; returns the status.
+    (DCMTK's storescu takes the UIDs from the data set: it never sends a mismatch.)"""
+    import pydicom
+    from pydicom.uid import ExplicitVRLittleEndian
+    from pynetdicom import AE, _config
+
+    ds = pydicom.dcmread(path, stop_before_pixels=True)
+    ae = AE(ae_title=calling_ae)
+    ae.add_requested_context(ds.file_meta.MediaStorageSOPClassUID, ExplicitVRLittleEndian)
+    old = (_config.STORE_SEND_CHUNKED_DATASET, _config.ENFORCE_UID_CONFORMANCE)
+    _config.STORE_SEND_CHUNKED_DATASET, _config.ENFORCE_UID_CONFORMANCE = True, False
+    try:
+        assoc = ae.associate("127.0.0.1", port)
+        assert assoc.is_established
+        try:
+            rsp = assoc.send_c_store(path)
+        finally:
+            assoc.release()
+    finally:
+        _config.STORE_SEND_CHUNKED_DATASET, _config.ENFORCE_UID_CONFORMANCE = old
+    assert "Status" in rsp, "no response"
+    return int(rsp.Status)

@@ -24,6 +24,7 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--fd", type=int, help="listening socket inherited from the supervisor")
     parser.add_argument("--control", help="the supervisor's control socket")
     parser.add_argument("--api-token-file", dest="token_file")
+    parser.add_argument("--journal", help="the receipt journal (SQLite) that /receipts and /studies read")
     parser.add_argument("--allowed-host", dest="allowed_hosts", action="append", default=[],
                         help="a Host name the API answers to besides its address and localhost (repeatable)")
     parser.add_argument("--describe", default="", help="how to name the listening address in messages")
@@ -66,7 +67,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                      "api_token_file (--api-token-file)", args.describe)
         return API_BOOT_ERROR
     try:
-        app = create_app(args.control, args.token_file, exposed, allowed_hosts(sock, args.allowed_hosts))
+        app = create_app(args.control, args.token_file, exposed, allowed_hosts(sock, args.allowed_hosts),
+                         journal=args.journal)
     except ConfigError as exc:
         log.critical("%s", exc)
         return API_BOOT_ERROR

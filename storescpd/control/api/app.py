@@ -32,6 +32,7 @@ from pydantic import BaseModel, Field
 from storescpd import __version__
 from storescpd.config.api_address import host_name, read_token, split_host_port
 from storescpd.config.settings import ConfigError
+from storescpd.control.api import receipts
 
 LOG = logging.getLogger("storescpd.api")
 
@@ -117,6 +118,7 @@ class Status(BaseModel):
     output_free_bytes: int | None = Field(None, description="bytes available to storescpd there")
     generation: int = Field(0, description="configuration generation: grows with each successful reload")
     last_reload: ReloadResult
+    journal: bool = Field(False, description="a receipt journal is kept (/receipts and /studies answer)")
 
 
 class ThroughputPoint(BaseModel):
@@ -315,13 +317,14 @@ class RequestGuard:
 
 
 def create_app(control_path: str, token_file: str | None = None, exposed: bool = False,
-               allowed_hosts: Iterable[str] | None = None) -> FastAPI:
+               allowed_hosts: Iterable[str] | None = None, journal: str | None = None) -> FastAPI:
     """The API on the supervisor's control socket ``control_path``.
 
     With ``token_file``, mutating calls need ``Authorization: Bearer <token>``; when
     ``exposed`` (TCP outside loopback) every call but the health probes and the console's
     static files needs it. ``allowed_hosts`` are the names a request's ``Host`` may carry
     (the connection's own address is always accepted); None accepts any (unix sockets).
+    ``journal``: the receipt journal's file (/receipts, /studies), or None when there is none.
     """
     history = ThroughputHistory()
 
@@ -359,6 +362,8 @@ def create_app(control_path: str, token_file: str | None = None, exposed: bool =
         return Depends(check)
 
     read, write = guard(False), guard(True)
+    # The receipt journal: read from its SQLite file by this process (the supervisor never opens it).
+    app.include_router(receipts.router(journal, Problem), dependencies=[read], responses=unauthorized)
 
     @app.get("/healthz", response_model=Health, tags=["probes"], summary="The API process is up")
     async def healthz() -> dict[str, str]:
